@@ -1,0 +1,46 @@
+"""Errors the backend raises on purpose, each with a message a user can act on.
+
+    BackendError
+    ├── InvalidRequest        a request names a value outside what a method accepts
+    ├── ModelError            a model could not be found, fetched, checked or loaded
+    │   ├── ModelNotFound     not in the models folder or cache, and not downloadable now
+    │   ├── ModelHashMismatch a file's sha256 differs from the catalogue's
+    │   └── UnsupportedModel  a file in a format or family we do not load (pickles, unknown keys)
+    └── Cancelled             the job was cancelled while it ran
+
+Messages are lowercase, without a final period, and name the value at fault.
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Root of the backend's deliberate errors."""
+
+
+class InvalidRequest(BackendError):
+    """A request field is missing, of the wrong kind or out of range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ModelError(BackendError):
+    """A model file or base model could not be used."""
+
+
+class ModelNotFound(ModelError):
+    """The model is neither on disk nor downloadable at the moment."""
+
+
+class ModelHashMismatch(ModelError):
+    """A file's content differs from what the catalogue says it is."""
+
+
+class UnsupportedModel(ModelError):
+    """A file is in a format or of a family this backend does not load."""
+
+
+class Cancelled(BackendError):
+    """The job was cancelled; nothing it produced is kept."""

@@ -1,0 +1,51 @@
+"""LayerDiffuse on diffusers: the released models as PyTorch modules, importable on their own.
+
+    from backend.layerdiffuse import TransparentVAEDecoder, TransparentVAEEncoder, pad_rgb
+
+Everything loads the released files of `LayerDiffusion/layerdiffusion-v1` unchanged
+(`strict=True`); nothing here downloads or knows a file name.
+"""
+
+from __future__ import annotations
+
+from .alpha import (
+    checkerboard,
+    checkerboard_preview,
+    decoder_output_to_rgba,
+    encoder_input,
+    pad_rgb,
+)
+from .attention_sharing import (
+    SD15_ATTENTION_UNITS,
+    LayerModelLayout,
+    SD15LayerHandle,
+    attach_sd15_layer_model,
+    build_sd15_layer_model,
+    read_layout,
+)
+from .group_norm import group_norm_by_reduction, use_reduction_group_norm
+from .released_weights import load_safetensors, load_transparent_decoder, load_transparent_encoder
+from .transparent_vae_decoder import TTA_VIEWS, TransparentVAEDecoder
+from .transparent_vae_encoder import TransparentVAEEncoder
+
+__all__ = [
+    "SD15_ATTENTION_UNITS",
+    "TTA_VIEWS",
+    "LayerModelLayout",
+    "SD15LayerHandle",
+    "TransparentVAEDecoder",
+    "TransparentVAEEncoder",
+    "attach_sd15_layer_model",
+    "build_sd15_layer_model",
+    "checkerboard",
+    "checkerboard_preview",
+    "decoder_output_to_rgba",
+    "encoder_input",
+    "group_norm_by_reduction",
+    "load_safetensors",
+    "load_transparent_decoder",
+    "load_transparent_encoder",
+    "pad_rgb",
+    "read_layout",
+    "use_reduction_group_norm",
+]

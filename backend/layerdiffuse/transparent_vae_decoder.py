@@ -1,0 +1,263 @@
+"""The transparent VAE decoder: SD-VAE pixels + latent → alpha and straight RGB.
+
+Architecture of the released `vae_transparent_decoder` and
+`layer_sd15_vae_transparent_decoder` files (layerdiffuse.md §2.1): a 7-level UNet
+built from diffusers blocks, no time embedding, GroupNorm with 4 groups, head dim 8
+in its attention levels, and the latent added through a 1×1 conv just before the
+fourth down block, where the feature map is at latent resolution.
+
+`estimate_augmented` is the reference's test-time augmentation — the median of
+8 flipped/rotated passes — computed with the views batched instead of one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+from torch import nn
+
+from .group_norm import use_reduction_group_norm
+
+RELEASED_BLOCK_CHANNELS = (32, 32, 64, 128, 256, 512, 512)
+
+# The 8 views of the reference's TTA, in its order: (horizontal flip, quarter turns).
+TTA_VIEWS: tuple[tuple[bool, int], ...] = tuple(
+    (flip, turns) for flip in (False, True) for turns in range(4)
+)
+
+# Measured peak of a batched fp16 pass: ~830 bytes per pixel per view at 1024²
+# (performance.md §4: 6.48 GiB for 8 views). Kept a little pessimistic.
+_BYTES_PER_PIXEL_PER_VIEW_FP16 = 900
+
+
+class TransparentVAEDecoder(nn.Module):
+    """The released transparent decoder ("UNet1024" in the reference code).
+
+    Built with no arguments it has the released architecture; its state dict has
+    the released files' 538 keys. Smaller `block_out_channels` give the same
+    structure at demo size.
+
+    Args:
+        block_out_channels: channels per level; 7 levels, the last three with attention.
+        layers_per_block: resnets per down block (up blocks have one more).
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups everywhere.
+        norm_eps: GroupNorm epsilon.
+        latent_channels: channels of the SD latent.
+        latent_block: index of the down block whose input receives the latent.
+    """
+
+    def __init__(
+        self,
+        block_out_channels: Sequence[int] = RELEASED_BLOCK_CHANNELS,
+        layers_per_block: int = 2,
+        attention_head_dim: int = 8,
+        norm_num_groups: int = 4,
+        norm_eps: float = 1e-5,
+        latent_channels: int = 4,
+        latent_block: int = 3,
+    ) -> None:
+        super().__init__()
+        channels = tuple(block_out_channels)
+        levels = len(channels)
+        attention_levels = 3
+        self.latent_block = latent_block
+
+        self.conv_in = nn.Conv2d(3, channels[0], kernel_size=3, padding=1)
+        # Zero-initialised in training; the released weights fill it.
+        self.latent_conv_in = nn.Conv2d(latent_channels, channels[latent_block - 1], kernel_size=1)
+
+        common = {
+            "temb_channels": None,
+            "resnet_eps": norm_eps,
+            "resnet_act_fn": "silu",
+            "resnet_groups": norm_num_groups,
+            "attention_head_dim": attention_head_dim,
+            "resnet_time_scale_shift": "default",
+            "dropout": 0.0,
+        }
+        self.down_blocks = nn.ModuleList()
+        previous = channels[0]
+        for level, out in enumerate(channels):
+            with_attention = level >= levels - attention_levels
+            self.down_blocks.append(
+                get_down_block(
+                    "AttnDownBlock2D" if with_attention else "DownBlock2D",
+                    num_layers=layers_per_block,
+                    in_channels=previous,
+                    out_channels=out,
+                    add_downsample=level < levels - 1,
+                    downsample_padding=1,
+                    downsample_type="conv",
+                    **common,
+                )
+            )
+            previous = out
+
+        self.mid_block = UNetMidBlock2D(
+            in_channels=channels[-1],
+            temb_channels=None,
+            dropout=0.0,
+            resnet_eps=norm_eps,
+            resnet_act_fn="silu",
+            output_scale_factor=1.0,
+            resnet_time_scale_shift="default",
+            attention_head_dim=attention_head_dim,
+            resnet_groups=norm_num_groups,
+            attn_groups=None,
+            add_attention=True,
+        )
+
+        self.up_blocks = nn.ModuleList()
+        reversed_channels = channels[::-1]
+        previous = reversed_channels[0]
+        for level, out in enumerate(reversed_channels):
+            skip_in = reversed_channels[min(level + 1, levels - 1)]
+            self.up_blocks.append(
+                get_up_block(
+                    "AttnUpBlock2D" if level < attention_levels else "UpBlock2D",
+                    num_layers=layers_per_block + 1,
+                    in_channels=skip_in,
+                    out_channels=out,
+                    prev_output_channel=previous,
+                    add_upsample=level < levels - 1,
+                    upsample_type="conv",
+                    **common,
+                )
+            )
+            previous = out
+
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels[0], eps=norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(channels[0], 4, kernel_size=3, padding=1)
+        use_reduction_group_norm(self)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (2 ** downsamplings)."""
+        return 2 ** (len(self.down_blocks) - 1)
+
+    def forward(self, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """One pass.
+
+        Args:
+            pixel: (B, 3, H, W) the SD VAE's decoded image in [0, 1]; H, W multiples
+                of `size_multiple` (64 for the released decoder).
+            latent: (B, 4, H/8, W/8), the latent given to the SD VAE, *not* multiplied
+                by `vae.config.scaling_factor`.
+
+        Returns:
+            (B, 4, H, W) raw output, not clipped: channel 0 alpha, 1–3 straight RGB.
+        """
+        height, width = pixel.shape[-2:]
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(f"image size {width}x{height} is not a multiple of {multiple}")
+
+        sample = self.conv_in(pixel)
+        skips: tuple[torch.Tensor, ...] = (sample,)
+        for index, block in enumerate(self.down_blocks):
+            if index == self.latent_block:
+                sample = sample + self.latent_conv_in(latent)
+            sample, block_skips = block(hidden_states=sample, temb=None)
+            skips += block_skips
+
+        sample = self.mid_block(sample, None)
+
+        for block in self.up_blocks:
+            count = len(block.resnets)
+            sample = block(sample, skips[-count:], None)
+            skips = skips[:-count]
+
+        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+
+    @torch.no_grad()
+    def estimate_augmented(
+        self,
+        pixel: torch.Tensor,
+        latent: torch.Tensor,
+        max_views_per_batch: int | None = None,
+    ) -> torch.Tensor:
+        """The reference's 8-view median, with views batched in memory-bounded chunks.
+
+        Each view flips and/or rotates pixel and latent, runs the model, clips to
+        [0, 1] and undoes the transform; the result is the lower median of the 8
+        (`torch.median`), exactly as the reference's sequential loop computes it.
+
+        Args:
+            pixel: (B, 3, H, W) in [0, 1].
+            latent: (B, 4, H/8, W/8), unscaled.
+            max_views_per_batch: views run in one forward pass; None picks from the
+                memory free on the device.
+
+        Returns:
+            (B, 4, H, W) in [0, 1]: channel 0 alpha, 1–3 straight RGB.
+        """
+        batch = pixel.shape[0]
+        per_pass = max_views_per_batch or views_per_batch(pixel)
+        results: list[torch.Tensor | None] = [None] * len(TTA_VIEWS)
+        for indices in _views_by_shape(square=pixel.shape[-1] == pixel.shape[-2]):
+            for start in range(0, len(indices), per_pass):
+                chunk = indices[start : start + per_pass]
+                pixels = torch.cat([_apply_view(pixel, *TTA_VIEWS[i]) for i in chunk])
+                latents = torch.cat([_apply_view(latent, *TTA_VIEWS[i]) for i in chunk])
+                outputs = self(pixels, latents).clip(0, 1).split(batch)
+                for i, output in zip(chunk, outputs, strict=True):
+                    results[i] = _undo_view(output, *TTA_VIEWS[i])
+        stacked = torch.stack([r for r in results if r is not None])
+        return torch.median(stacked, dim=0).values
+
+    @torch.no_grad()
+    def estimate_augmented_sequential(
+        self, pixel: torch.Tensor, latent: torch.Tensor
+    ) -> torch.Tensor:
+        """The reference's own algorithm: one pass per view at batch B, in a loop.
+
+        Kept to check `estimate_augmented` against and to benchmark it.
+        """
+        outputs = []
+        for flip, turns in TTA_VIEWS:
+            output = self(_apply_view(pixel, flip, turns), _apply_view(latent, flip, turns))
+            outputs.append(_undo_view(output.clip(0, 1), flip, turns))
+        return torch.median(torch.stack(outputs), dim=0).values
+
+
+def views_per_batch(pixel: torch.Tensor) -> int:
+    """How many TTA views of `pixel` fit in one pass on its device (1..8).
+
+    On CUDA: the free memory, with half kept back. Elsewhere: a 2 GiB budget.
+    """
+    batch, _, height, width = pixel.shape
+    element_scale = pixel.element_size() / 2
+    per_view = batch * height * width * _BYTES_PER_PIXEL_PER_VIEW_FP16 * element_scale
+    if pixel.is_cuda:
+        free, _total = torch.cuda.mem_get_info(pixel.device)
+        budget = free * 0.5
+    else:
+        budget = 2 * 1024**3
+    return max(1, min(len(TTA_VIEWS), int(budget // per_view)))
+
+
+def _views_by_shape(square: bool) -> list[list[int]]:
+    """Indices of TTA views that share an input shape, so they can share a batch."""
+    if square:
+        return [list(range(len(TTA_VIEWS)))]
+    # Odd quarter turns swap height and width.
+    return [
+        [i for i, (_, turns) in enumerate(TTA_VIEWS) if turns % 2 == parity] for parity in (0, 1)
+    ]
+
+
+def _apply_view(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, k=turns, dims=(2, 3))
+
+
+def _undo_view(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    x = torch.rot90(x, k=-turns, dims=(2, 3))
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return x

@@ -1,0 +1,198 @@
+"""The LayerDiffuse methods, model families, layer roles, samplers and resize modes.
+
+These names are the contract between the Krita plugin and the backend: they travel
+on the wire as their lowercase values. Each method of the original extension is
+here once, with what it needs and what it returns (`MethodSpec`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ModelFamily(str, Enum):
+    """The base model a method runs on."""
+
+    SD15 = "sd15"
+    SDXL = "sdxl"
+
+
+class LayerRole(str, Enum):
+    """What a layer is, going in or coming out."""
+
+    FOREGROUND = "foreground"
+    BACKGROUND = "background"
+    BLENDED = "blended"
+
+
+class Method(str, Enum):
+    """The ten methods of the original extension (sd-forge-layerdiffuse)."""
+
+    SD15_TRANSPARENT = "sd15_transparent"
+    SD15_JOINT = "sd15_joint"
+    SD15_FG_TO_BG = "sd15_fg2bg"
+    SD15_BG_TO_FG = "sd15_bg2fg"
+    SDXL_TRANSPARENT_ATTN = "sdxl_transparent_attn"
+    SDXL_TRANSPARENT_CONV = "sdxl_transparent_conv"
+    SDXL_FG_TO_BLEND = "sdxl_fg2ble"
+    SDXL_FG_BLEND_TO_BG = "sdxl_fgble2bg"
+    SDXL_BG_TO_BLEND = "sdxl_bg2ble"
+    SDXL_BG_BLEND_TO_FG = "sdxl_bgble2fg"
+
+
+class Sampler(str, Enum):
+    """Samplers, named as A1111 and Forge name them in their infotexts."""
+
+    DPMPP_2M_KARRAS = "dpmpp_2m_karras"
+    DPMPP_2M_SDE_KARRAS = "dpmpp_2m_sde_karras"
+    EULER_A = "euler_a"
+    EULER = "euler"
+    UNIPC = "unipc"
+    DDIM = "ddim"
+
+    @property
+    def label(self) -> str:
+        return _SAMPLER_LABELS[self]
+
+
+_SAMPLER_LABELS = {
+    Sampler.DPMPP_2M_KARRAS: "DPM++ 2M Karras",
+    Sampler.DPMPP_2M_SDE_KARRAS: "DPM++ 2M SDE Karras",
+    Sampler.EULER_A: "Euler a",
+    Sampler.EULER: "Euler",
+    Sampler.UNIPC: "UniPC",
+    Sampler.DDIM: "DDIM",
+}
+
+
+class ResizeMode(str, Enum):
+    """How an image of one aspect is fitted to another (the original's three modes)."""
+
+    JUST_RESIZE = "just_resize"
+    CROP_AND_RESIZE = "crop_and_resize"
+    RESIZE_AND_FILL = "resize_and_fill"
+
+    @property
+    def label(self) -> str:
+        return _RESIZE_LABELS[self]
+
+
+_RESIZE_LABELS = {
+    ResizeMode.JUST_RESIZE: "Just Resize",
+    ResizeMode.CROP_AND_RESIZE: "Crop and Resize",
+    ResizeMode.RESIZE_AND_FILL: "Resize and Fill",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What one method needs and returns.
+
+    Attributes:
+        family: the base model family it runs on.
+        label: the original extension's UI string (also its infotext value).
+        frames: images diffused together per result (SD1.5 attention sharing).
+        required_inputs: layers the caller must send.
+        optional_inputs: layers the caller may send; for the transparent methods a
+            foreground input is the source of a transparent img2img.
+        outputs: the layers one result consists of.
+        layer_prompts: which per-layer prompts the method reads.
+    """
+
+    family: ModelFamily
+    label: str
+    frames: int
+    required_inputs: tuple[LayerRole, ...]
+    optional_inputs: tuple[LayerRole, ...]
+    outputs: tuple[LayerRole, ...]
+    layer_prompts: tuple[LayerRole, ...] = ()
+
+
+_FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+
+METHOD_SPECS: dict[Method, MethodSpec] = {
+    Method.SD15_TRANSPARENT: MethodSpec(
+        ModelFamily.SD15,
+        "(SD1.5) Only Generate Transparent Image (Attention Injection)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_FG,),
+        outputs=(_FG,),
+    ),
+    Method.SD15_JOINT: MethodSpec(
+        ModelFamily.SD15,
+        "(SD1.5) Generate Everything Together (need batch size 3)",
+        frames=3,
+        required_inputs=(),
+        optional_inputs=(),
+        outputs=(_FG, _BG, _BLEND),
+        layer_prompts=(_FG, _BG, _BLEND),
+    ),
+    Method.SD15_FG_TO_BG: MethodSpec(
+        ModelFamily.SD15,
+        "(SD1.5) From Foreground to Background (need batch size 2)",
+        frames=2,
+        required_inputs=(_FG,),
+        optional_inputs=(),
+        outputs=(_BG, _BLEND),
+        layer_prompts=(_BG, _BLEND),
+    ),
+    Method.SD15_BG_TO_FG: MethodSpec(
+        ModelFamily.SD15,
+        "(SD1.5) From Background to Foreground (need batch size 2)",
+        frames=2,
+        required_inputs=(_BG,),
+        optional_inputs=(),
+        outputs=(_FG, _BLEND),
+        layer_prompts=(_FG, _BLEND),
+    ),
+    Method.SDXL_TRANSPARENT_ATTN: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) Only Generate Transparent Image (Attention Injection)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_FG,),
+        outputs=(_FG,),
+    ),
+    Method.SDXL_TRANSPARENT_CONV: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) Only Generate Transparent Image (Conv Injection)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_FG,),
+        outputs=(_FG,),
+    ),
+    Method.SDXL_FG_TO_BLEND: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Foreground to Blending",
+        frames=1,
+        required_inputs=(_FG,),
+        optional_inputs=(),
+        outputs=(_BLEND,),
+    ),
+    Method.SDXL_FG_BLEND_TO_BG: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Foreground and Blending to Background",
+        frames=1,
+        required_inputs=(_FG, _BLEND),
+        optional_inputs=(),
+        outputs=(_BG,),
+    ),
+    Method.SDXL_BG_TO_BLEND: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Background to Blending",
+        frames=1,
+        required_inputs=(_BG,),
+        optional_inputs=(),
+        outputs=(_BLEND,),
+    ),
+    Method.SDXL_BG_BLEND_TO_FG: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Background and Blending to Foreground",
+        frames=1,
+        required_inputs=(_BG, _BLEND),
+        optional_inputs=(),
+        outputs=(_FG,),
+    ),
+}
