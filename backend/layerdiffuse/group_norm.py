@@ -80,19 +80,24 @@ class ReductionGroupNorm(nn.GroupNorm):
         return group_norm_by_reduction(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
-def use_reduction_group_norm(module: nn.Module) -> int:
-    """Swap every `nn.GroupNorm` inside `module` for a `ReductionGroupNorm`.
+def use_reduction_group_norm(module: nn.Module, enabled: bool = True) -> int:
+    """Swap every `nn.GroupNorm` inside `module` for a `ReductionGroupNorm` (or back).
 
     The new modules share the old parameters, so state-dict keys and values are
-    unchanged. Returns how many were swapped.
+    unchanged. `enabled=False` restores plain `nn.GroupNorm`s (the benchmark's
+    baseline). Returns how many were swapped.
     """
+    source, target = (
+        (nn.GroupNorm, ReductionGroupNorm) if enabled else (ReductionGroupNorm, nn.GroupNorm)
+    )
     swapped = 0
     for parent in module.modules():
         for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm:
-                replacement = ReductionGroupNorm(
-                    child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
-                )
+            if type(child) is source:
+                with torch.device("meta"):  # its parameters are replaced just below
+                    replacement = target(
+                        child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
+                    )
                 replacement.weight = child.weight
                 replacement.bias = child.bias
                 setattr(parent, name, replacement)
