@@ -1,0 +1,289 @@
+"""The released LayerDiffuse files: where they live, how big they are, what they hold.
+
+Every file of `LayerDiffusion/layerdiffusion-v1` on Hugging Face is listed here with its
+byte size and sha256. The store (`backend.store.download`) downloads and checks them; the
+library (`backend.layerdiffuse`) knows no file names and receives state dicts.
+
+Sources of the facts below:
+
+- sha256 and byte sizes are the Git LFS pointers of the repository (commits `40b205e`,
+  "Upload 8 files", 2024-03-01, for the SDXL files and `e337e9d`, "Upload 6 files",
+  2024-03-08, for the SD1.5 files; `e337e9d` is the head of `main`). Where the official
+  commit page was not readable, the pointer was taken from a mirror that holds the same
+  sha256 (the LFS pointer fixes the size for a given sha256).
+- The one size that is not exact is `layer_xl_transparent_conv`: the listing shows
+  3.62 GB; the figure here is `layer_xl_bgble2fg` less its 8 extra conv_in input channels
+  (320 x 8 x 3 x 3 fp16 = 46,080 bytes), which holds the same tensors otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from backend.errors import ModelNotFound
+from protocol.methods import ModelFamily
+
+log = logging.getLogger(__name__)
+
+LAYERDIFFUSION_REPO = "LayerDiffusion/layerdiffusion-v1"
+"""The Hugging Face repository that holds every released file."""
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+class FileKind(str, Enum):
+    """What a released file holds, which decides how the library applies it."""
+
+    ATTENTION_SHARING = "attention_sharing"
+    LORA = "lora"
+    DIFF = "diff"
+    TRANSPARENT_DECODER = "transparent_decoder"
+    TRANSPARENT_ENCODER = "transparent_encoder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleasedFile:
+    """One released weight file.
+
+    Attributes:
+        name: The file stem, e.g. `layer_sd15_transparent_attn`; the name users type.
+        filename: The file name in the repository, the stem plus `.safetensors`.
+        kind: What the file holds.
+        family: The base model family it patches or decodes for.
+        size_bytes: Size in bytes; exact unless `size_exact` is false.
+        sha256: Lowercase hex sha256 of the whole file, or None where unknown.
+        description: One line for `layerdiffuse models list`.
+        size_exact: Whether `size_bytes` is the exact size rather than an estimate.
+        offset_scale: For encoders, the factor the official code applies to the encoder's
+            output before adding it to the latent (1.0 for every layerdiffusion-v1 file).
+        repo_id: The Hugging Face repository.
+        revision: The branch, tag or commit to download from.
+    """
+
+    name: str
+    filename: str
+    kind: FileKind
+    family: ModelFamily
+    size_bytes: int
+    sha256: str | None
+    description: str
+    size_exact: bool = True
+    offset_scale: float = 1.0
+    repo_id: str = LAYERDIFFUSION_REPO
+    revision: str = "main"
+
+    def summary(self) -> str:
+        """Return a one-line summary: name, family, kind and size.
+
+        Returns:
+            For example `layer_xl_transparent_attn  sdxl  lora  743.4 MB`.
+        """
+        size = format_size(self.size_bytes)
+        if not self.size_exact:
+            size = f"~{size}"
+        return f"{self.name}  {self.family.value}  {self.kind.value}  {size}"
+
+
+def format_size(size_bytes: int) -> str:
+    """Format a byte count with a decimal unit, as Hugging Face lists files.
+
+    Args:
+        size_bytes: A non-negative byte count.
+
+    Returns:
+        For example `2.4 MB`, `743.4 MB` or `3.62 GB`.
+    """
+    if size_bytes >= 1_000_000_000:
+        return f"{size_bytes / 1e9:.2f} GB"
+    if size_bytes >= 1_000_000:
+        return f"{size_bytes / 1e6:.1f} MB"
+    if size_bytes >= 1_000:
+        return f"{size_bytes / 1e3:.1f} kB"
+    return f"{size_bytes} B"
+
+
+def _entry(
+    name: str,
+    kind: FileKind,
+    family: ModelFamily,
+    size_bytes: int,
+    sha256: str,
+    description: str,
+    *,
+    size_exact: bool = True,
+) -> ReleasedFile:
+    return ReleasedFile(
+        name=name,
+        filename=name + SAFETENSORS_SUFFIX,
+        kind=kind,
+        family=family,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        description=description,
+        size_exact=size_exact,
+    )
+
+
+_SD15 = ModelFamily.SD15
+_SDXL = ModelFamily.SDXL
+
+RELEASED_FILES: dict[str, ReleasedFile] = {
+    entry.name: entry
+    for entry in (
+        _entry(
+            "layer_sd15_transparent_attn",
+            FileKind.ATTENTION_SHARING,
+            _SD15,
+            350_266_608,
+            "cc9ee87452bf1ccdd419035bf9618f6bdcaac1a2d3e23694d62e5a9c721da295",
+            "sd1.5 attention sharing, one frame: transparent image",
+        ),
+        _entry(
+            "layer_sd15_joint",
+            FileKind.ATTENTION_SHARING,
+            _SD15,
+            554_404_208,
+            "2cc81c33c1a786bdc376c6d1bfb43dbdffda2f610f7c6b4ebd776505a29712bd",
+            "sd1.5 attention sharing, three frames: foreground, background and blend together",
+        ),
+        _entry(
+            "layer_sd15_fg2bg",
+            FileKind.ATTENTION_SHARING,
+            _SD15,
+            562_982_312,
+            "5bade856ec3e55d6ceb0e35bbc97cea7fa4953f7776c8032f2fe52ba740ed580",
+            "sd1.5 attention sharing with control: background from a foreground",
+        ),
+        _entry(
+            "layer_sd15_bg2fg",
+            FileKind.ATTENTION_SHARING,
+            _SD15,
+            562_982_312,
+            "8367f976da1cc4275e513c7fb40f977ca312e79e720d7db7ae94978a9359fb62",
+            "sd1.5 attention sharing with control: foreground from a background",
+        ),
+        _entry(
+            "layer_sd15_vae_transparent_decoder",
+            FileKind.TRANSPARENT_DECODER,
+            _SD15,
+            208_266_320,
+            "6df4712dfbb3783231b22f869a5da5cbfea782ebb05f782bd9e8744bfb0cdf03",
+            "sd1.5 transparent vae decoder: latent and rgb to rgba",
+        ),
+        _entry(
+            "layer_sd15_vae_transparent_encoder",
+            FileKind.TRANSPARENT_ENCODER,
+            _SD15,
+            2_365_008,
+            "4c6bd4fa714bcdc83ee73fac9092f0723c5cafc60befccf490c697c0a378725a",
+            "sd1.5 transparent vae encoder: rgba to a latent offset",
+        ),
+        _entry(
+            "layer_xl_transparent_attn",
+            FileKind.LORA,
+            _SDXL,
+            743_352_688,
+            "b7919c5b4837fb64f24c97a7abdf1a9c6e8d60de080a5dae089dde098266df95",
+            "sdxl rank-256 attention lora: transparent image",
+        ),
+        _entry(
+            "layer_xl_transparent_conv",
+            FileKind.DIFF,
+            _SDXL,
+            3_619_745_776,
+            "5ee958d80dcd515fa7ac915274c536fadd3db5d919adeb5ff45107b6169aacc7",
+            "sdxl weight offsets outside attention q/k/v: transparent image",
+            size_exact=False,
+        ),
+        _entry(
+            "layer_xl_fg2ble",
+            FileKind.DIFF,
+            _SDXL,
+            701_981_624,
+            "50a29851ad56308f14d6c9ed375be17df6921efeca240b31f567f6b8c76d1e70",
+            "sdxl conditional offsets: blend from a foreground",
+        ),
+        _entry(
+            "layer_xl_bg2ble",
+            FileKind.DIFF,
+            _SDXL,
+            701_981_624,
+            "2901d1353cc4ca763c8bedc48453b36e88680605f417c7f7ec730a7c36845d7c",
+            "sdxl conditional offsets: blend from a background",
+        ),
+        _entry(
+            "layer_xl_fgble2bg",
+            FileKind.DIFF,
+            _SDXL,
+            702_004_664,
+            "179a61fdcdb149af1897b2840f24ba09466ab6265b2c792b0e99df557f0439be",
+            "sdxl conditional offsets: background from a foreground and a blend",
+        ),
+        _entry(
+            "layer_xl_bgble2fg",
+            FileKind.DIFF,
+            _SDXL,
+            3_619_791_856,
+            "1688f0c17447f74662686fadd431f24d26a1ba8ffea322c6f56c8b5ed581b78d",
+            "sdxl conditional offsets: transparent foreground from a background and a blend",
+        ),
+        _entry(
+            "vae_transparent_decoder",
+            FileKind.TRANSPARENT_DECODER,
+            _SDXL,
+            208_266_320,
+            "59dc8feefe40d26b6cb7186aed7af70c60d94ac4f9db8ebe7f121a01ba27a2fc",
+            "sdxl transparent vae decoder: latent and rgb to rgba",
+        ),
+        _entry(
+            "vae_transparent_encoder",
+            FileKind.TRANSPARENT_ENCODER,
+            _SDXL,
+            2_365_008,
+            "47d048bd7c6f873b55d123ff424c0b584bbfb8a666f20aa634336e922f5c821c",
+            "sdxl transparent vae encoder: rgba to a latent offset",
+        ),
+    )
+}
+"""All 14 released files, keyed by stem."""
+
+
+def find_released_file(name: str, catalogue: Mapping[str, ReleasedFile]) -> ReleasedFile:
+    """Look a file up in a catalogue by stem or by file name.
+
+    Args:
+        name: A stem (`layer_sd15_joint`) or a file name (`layer_sd15_joint.safetensors`).
+        catalogue: The catalogue to search, keyed by stem.
+
+    Returns:
+        The matching entry.
+
+    Raises:
+        ModelNotFound: No entry has that stem or file name; the message lists the known names.
+    """
+    entry = catalogue.get(name)
+    if entry is not None:
+        return entry
+    for candidate in catalogue.values():
+        if candidate.filename == name:
+            return candidate
+    known = ", ".join(sorted(catalogue))
+    raise ModelNotFound(f"unknown model file {name!r}; known names: {known}")
+
+
+def released_file(name: str) -> ReleasedFile:
+    """Look a released LayerDiffuse file up by stem or by file name.
+
+    Args:
+        name: A stem (`vae_transparent_decoder`) or a file name.
+
+    Returns:
+        The catalogue entry.
+
+    Raises:
+        ModelNotFound: The name is not one of the 14 released files.
+    """
+    return find_released_file(name, RELEASED_FILES)
