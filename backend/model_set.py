@@ -1,20 +1,30 @@
-"""The loaded components of one base model, as the store builds them and methods use them.
+"""The loaded models of one family, as the store builds them and the methods use them.
 
-The component classes are named for type checkers only, so importing this module costs
-nothing: the store imports diffusers and transformers when it builds a model.
+`BaseModel` is the Stable Diffusion model; `ModelSet` adds the LayerDiffuse files,
+loaded on demand through a callable the store provides, so methods never touch files.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import torch
+
+from backend.layerdiffuse import (
+    TransparentVAEDecoder,
+    TransparentVAEEncoder,
+    load_transparent_decoder,
+    load_transparent_encoder,
+)
+from protocol.methods import ModelFamily
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from protocol.methods import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +54,84 @@ class BaseModel:
     scheduler_config: dict[str, Any]
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL only
     tokenizer_2: CLIPTokenizer | None = None  # SDXL only
+
+
+# The transparent decoder and encoder files of each family.
+TRANSPARENT_DECODERS = {
+    ModelFamily.SD15: "layer_sd15_vae_transparent_decoder",
+    ModelFamily.SDXL: "vae_transparent_decoder",
+}
+TRANSPARENT_ENCODERS = {
+    ModelFamily.SD15: "layer_sd15_vae_transparent_encoder",
+    ModelFamily.SDXL: "vae_transparent_encoder",
+}
+
+LayerFileLoader = Callable[[str], dict[str, torch.Tensor]]
+"""Returns the tensors of a released file by name (the store's `load_state_dict`)."""
+
+
+@dataclass
+class ModelSet:
+    """A base model on its device, plus the LayerDiffuse files it is used with.
+
+    Attributes:
+        base: the Stable Diffusion components, already on `device` in `dtype`.
+        load_layer_file: loads a released file's tensors by name.
+        offset_scales: per encoder file, the factor applied to its output.
+        device: where everything runs.
+        dtype: the compute dtype of the UNet, VAE and LayerDiffuse models.
+        is_demo: the tiny random demo set (its pictures are noise).
+        cached_layer_files: how many layer files stay loaded on the device.
+    """
+
+    base: BaseModel
+    load_layer_file: LayerFileLoader
+    offset_scales: Mapping[str, float]
+    device: torch.device
+    dtype: torch.dtype
+    is_demo: bool = False
+    cached_layer_files: int = 2
+    _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+    _decoders: dict[str, TransparentVAEDecoder] = field(default_factory=dict, repr=False)
+    _encoders: dict[str, TransparentVAEEncoder] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> ModelFamily:
+        return self.base.family
+
+    def layer_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """A layer model file's tensors on the device in `dtype`, kept for reuse.
+
+        The most recently used `cached_layer_files` files stay loaded, so repeated jobs
+        with one method do not read the file again.
+        """
+        cached = self._layer_files.get(name)
+        if cached is None:
+            tensors = self.load_layer_file(name)
+            cached = {
+                key: value.to(device=self.device, dtype=self.dtype)
+                for key, value in tensors.items()
+            }
+            self._layer_files[name] = cached
+            while len(self._layer_files) > self.cached_layer_files:
+                self._layer_files.popitem(last=False)
+        self._layer_files.move_to_end(name)
+        return cached
+
+    def transparent_decoder(self) -> TransparentVAEDecoder:
+        """This family's transparent decoder, loaded once, on the device in `dtype`."""
+        name = TRANSPARENT_DECODERS[self.family]
+        if name not in self._decoders:
+            decoder = load_transparent_decoder(self.load_layer_file(name))
+            self._decoders[name] = decoder.to(device=self.device, dtype=self.dtype)
+        return self._decoders[name]
+
+    def transparent_encoder(self) -> tuple[TransparentVAEEncoder, float]:
+        """This family's transparent encoder and its offset scale, loaded once."""
+        name = TRANSPARENT_ENCODERS[self.family]
+        if name not in self._encoders:
+            encoder = load_transparent_encoder(self.load_layer_file(name))
+            self._encoders[name] = encoder.to(device=self.device, dtype=self.dtype)
+        return self._encoders[name], self.offset_scales.get(name, 1.0)

@@ -18,7 +18,7 @@ own weights are never written, and `detach()` puts its processors back.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ SD15_ATTENTION_UNITS: tuple[str, ...] = tuple(
     for attn in ("attn1", "attn2")
 )
 
-CONTROL_CHANNELS = 256
+RELEASED_CONTROL_CHANNELS = (32, 64, 128, 256)
 
 
 class LoRAPair(nn.Module):
@@ -64,7 +64,7 @@ class AttentionSharingUnit(nn.Module):
         inner_dim: output channels of q, k and v.
         frames: images diffused together.
         rank: LoRA rank (256 in the released files).
-        use_control: whether a control image feeds this unit.
+        control_channels: channels of the control features, or None without control.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class AttentionSharingUnit(nn.Module):
         inner_dim: int,
         frames: int,
         rank: int,
-        use_control: bool,
+        control_channels: int | None,
     ) -> None:
         super().__init__()
         self.frames = frames
@@ -96,12 +96,12 @@ class AttentionSharingUnit(nn.Module):
         self.temporal_v = nn.Linear(hidden, hidden)
         self.temporal_o = nn.Linear(hidden, hidden)
         self.control_convs: nn.ModuleList | None = None
-        if use_control:
+        if control_channels is not None:
             self.control_convs = nn.ModuleList(
                 nn.Sequential(
-                    nn.Conv2d(CONTROL_CHANNELS, CONTROL_CHANNELS, kernel_size=3, padding=1),
+                    nn.Conv2d(control_channels, control_channels, kernel_size=3, padding=1),
                     nn.SiLU(),
-                    nn.Conv2d(CONTROL_CHANNELS, hidden, kernel_size=1),
+                    nn.Conv2d(control_channels, hidden, kernel_size=1),
                 )
                 for _ in range(frames)
             )
@@ -114,7 +114,7 @@ class ControlEncoder(nn.Module):
     `blocks_0.{0,2,…,14}` and `blocks_{1,2,3}.{0,2}`.
     """
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(self, channels: tuple[int, ...] = RELEASED_CONTROL_CHANNELS) -> None:
         super().__init__()
         stem: list[nn.Module] = []
         previous = 3
@@ -176,11 +176,19 @@ class SD15LayerModel(nn.Module):
 
 @dataclass(frozen=True)
 class LayerModelLayout:
-    """What a state dict in the attention-sharing format holds."""
+    """What a state dict in the attention-sharing format holds.
+
+    Attributes:
+        frames: images diffused together (1, 2 or 3 in the released files).
+        rank: LoRA rank (256 in the released files).
+        uses_control: whether a control image feeds the model (fg2bg, bg2fg).
+        control_channels: widths of the control encoder's four stages.
+    """
 
     frames: int
     rank: int
     uses_control: bool
+    control_channels: tuple[int, ...] = RELEASED_CONTROL_CHANNELS
 
 
 def read_layout(state_dict: Mapping[str, torch.Tensor]) -> LayerModelLayout:
@@ -195,7 +203,18 @@ def read_layout(state_dict: Mapping[str, torch.Tensor]) -> LayerModelLayout:
         raise ValueError("not an attention-sharing file: no 'hookers.layers.0.to_q_lora.*' keys")
     rank = state_dict[f"{prefix}0.down.weight"].shape[0]
     uses_control = any(key.startswith("kwargs_encoder.") for key in state_dict)
-    return LayerModelLayout(frames=max(frames) + 1, rank=rank, uses_control=uses_control)
+    layout = LayerModelLayout(frames=max(frames) + 1, rank=rank, uses_control=uses_control)
+    if uses_control:
+        # The stem's strided convs are blocks_0.{0,4,8,12}; their widths are the stages'.
+        try:
+            widths = tuple(
+                state_dict[f"kwargs_encoder.blocks_0.{4 * stage}.weight"].shape[0]
+                for stage in range(4)
+            )
+        except KeyError as error:
+            raise ValueError(f"incomplete control encoder: missing {error}") from error
+        layout = replace(layout, control_channels=widths)
+    return layout
 
 
 def build_sd15_layer_model(unet: nn.Module, layout: LayerModelLayout) -> SD15LayerModel:
@@ -214,10 +233,10 @@ def build_sd15_layer_model(unet: nn.Module, layout: LayerModelLayout) -> SD15Lay
                 inner_dim=attention.to_q.out_features,
                 frames=layout.frames,
                 rank=layout.rank,
-                use_control=layout.uses_control,
+                control_channels=layout.control_channels[-1] if layout.uses_control else None,
             )
         )
-    control = ControlEncoder() if layout.uses_control else None
+    control = ControlEncoder(layout.control_channels) if layout.uses_control else None
     return SD15LayerModel(units, control)
 
 

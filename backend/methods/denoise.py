@@ -1,0 +1,129 @@
+"""The denoising loop every method shares, and the noise it starts from.
+
+Classifier-free guidance runs as one UNet call on [uncond rows | cond rows]. With
+frames, each half is frame-interleaved, so the halves line up with the frame
+layout as long as rows are a multiple of the frame count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from protocol import Sampler
+
+from .samplers import SAMPLERS_WITH_NOISE, make_scheduler
+
+
+class StepCallback(Protocol):
+    """Called after every sampler step; raising `Cancelled` stops the run."""
+
+    def __call__(self, step: int, total: int, latents: torch.Tensor) -> None: ...
+
+
+def no_progress(step: int, total: int, latents: torch.Tensor) -> None:
+    """A `StepCallback` that does nothing."""
+
+
+def seeded_noise(
+    seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Initial noise, one row per seed, drawn on the CPU so a seed gives the same image
+    on every device; and the per-row generators the noise samplers continue with.
+
+    Returns:
+        (len(seeds), *shape) noise, and the generators.
+    """
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    rows = [torch.randn(shape, generator=generator) for generator in generators]
+    return torch.stack(rows).to(device=device, dtype=dtype), generators
+
+
+def stop_timestep(ending_step: float) -> float | None:
+    """The timestep below which the layer model is switched off ("Stop At").
+
+    The original switches at σ(t = (1 − p)·999); σ falls with t, so comparing
+    timesteps is the same test. 1.0 never stops (None); 0 never starts.
+    """
+    if ending_step >= 1.0:
+        return None
+    if ending_step <= 0.0:
+        return math.inf
+    return (1.0 - ending_step) * 999.0
+
+
+@torch.no_grad()
+def denoise(
+    *,
+    unet: torch.nn.Module,
+    sampler: Sampler,
+    scheduler_config: dict[str, Any],
+    latents: torch.Tensor | None,
+    noise: torch.Tensor,
+    generators: list[torch.Generator],
+    context: torch.Tensor,
+    uncond_context: torch.Tensor,
+    cfg_scale: float,
+    steps: int,
+    strength: float = 1.0,
+    on_step: StepCallback = no_progress,
+    use_layer_model: Callable[[bool], None] | None = None,
+    ending_step: float = 1.0,
+) -> torch.Tensor:
+    """Run the sampler.
+
+    Args:
+        unet: the (possibly patched) UNet.
+        sampler: which sampler; built from `scheduler_config`.
+        latents: (B, 4, h, w) scaled source latents for img2img, or None for txt2img.
+        noise: (B, 4, h, w) from `seeded_noise`.
+        generators: one per row, for samplers that draw noise at each step.
+        context / uncond_context: (B, tokens, hidden) positive and negative rows.
+        cfg_scale: guidance scale; 1 skips the negative pass.
+        steps: sampler steps for the full schedule.
+        strength: img2img denoising strength; the last `int(steps·strength)` steps run.
+        on_step: progress callback.
+        use_layer_model: switches the layer model on/off (for Stop At); None if unused.
+        ending_step: fraction of the schedule with the layer model.
+
+    Returns:
+        (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
+    """
+    scheduler = make_scheduler(sampler, scheduler_config)
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    if latents is None:
+        sample = noise * scheduler.init_noise_sigma
+    else:
+        run_steps = min(int(steps * strength), steps)
+        start = (steps - run_steps) * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        if len(timesteps) == 0:
+            return latents
+        sample = scheduler.add_noise(latents, noise, timesteps[:1])
+
+    stop_at = stop_timestep(ending_step)
+    step_kwargs: dict[str, Any] = {}
+    if sampler in SAMPLERS_WITH_NOISE:
+        step_kwargs["generator"] = generators
+    guided = cfg_scale != 1.0
+    full_context = torch.cat([uncond_context, context]) if guided else context
+
+    total = len(timesteps)
+    for index, timestep in enumerate(timesteps):
+        if use_layer_model is not None:
+            use_layer_model(stop_at is None or float(timestep) >= stop_at)
+        model_input = torch.cat([sample, sample]) if guided else sample
+        model_input = scheduler.scale_model_input(model_input, timestep)
+        prediction = unet(model_input, timestep, encoder_hidden_states=full_context).sample
+        if guided:
+            negative, positive = prediction.chunk(2)
+            prediction = negative + cfg_scale * (positive - negative)
+        sample = scheduler.step(prediction, timestep, sample, **step_kwargs).prev_sample
+        on_step(index + 1, total, sample)
+    return sample

@@ -1,0 +1,80 @@
+"""Generation parameters as A1111/Forge write them into a PNG's `parameters` text chunk.
+
+The key names and the method label are the original extension's, so tools that read
+A1111 infotexts (and people comparing with the seed README's sanity checks) can read ours.
+"""
+
+from __future__ import annotations
+
+import json
+
+from protocol import METHOD_SPECS, LayerRole
+
+from .request import GenerationRequest
+
+VERSION = "krita-layerdiffuse 0.1.0"
+_LAYER_PROMPT_KEYS = {
+    LayerRole.FOREGROUND: "layerdiffusion_fg_additional_prompt",
+    LayerRole.BACKGROUND: "layerdiffusion_bg_additional_prompt",
+    LayerRole.BLENDED: "layerdiffusion_blend_additional_prompt",
+}
+_IMAGE_KEYS = {
+    LayerRole.FOREGROUND: "layerdiffusion_fg_image",
+    LayerRole.BACKGROUND: "layerdiffusion_bg_image",
+    LayerRole.BLENDED: "layerdiffusion_blend_image",
+}
+
+
+def format_parameters(
+    request: GenerationRequest, seed: int, model_name: str, generation_size: tuple[int, int]
+) -> str:
+    """The A1111-style parameters text of one result.
+
+    Args:
+        request: what was asked.
+        seed: this result's seed.
+        model_name: the base model's name.
+        generation_size: (width, height) the model ran at.
+
+    Returns:
+        Prompt line, "Negative prompt: …" line, and the "Key: value, …" line.
+    """
+    spec = METHOD_SPECS[request.method]
+    width, height = generation_size
+    fields: list[tuple[str, object]] = [
+        ("Steps", request.steps),
+        ("Sampler", request.sampler.label),
+        ("CFG scale", _number(request.cfg_scale)),
+        ("Seed", seed),
+        ("Size", f"{width}x{height}"),
+        ("Model", model_name),
+    ]
+    if LayerRole.FOREGROUND in request.inputs and not spec.required_inputs:
+        fields.append(("Denoising strength", _number(request.denoise_strength)))
+    fields += [
+        ("layerdiffusion_enabled", True),
+        ("layerdiffusion_method", spec.label),
+        ("layerdiffusion_weight", _number(request.weight)),
+        ("layerdiffusion_ending_step", _number(request.ending_step)),
+    ]
+    fields += [(key, role in request.inputs) for role, key in _IMAGE_KEYS.items()]
+    fields.append(("layerdiffusion_resize_mode", request.resize_mode.label))
+    if spec.family.value == "sd15":
+        fields += [
+            (key, request.layer_prompts.get(role, "")) for role, key in _LAYER_PROMPT_KEYS.items()
+        ]
+    fields.append(("Version", VERSION))
+    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields)
+    return f"{request.prompt}\nNegative prompt: {request.negative_prompt}\n{settings}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    # A1111 JSON-quotes values that would break its "key: value, " parsing.
+    if "," in text or ":" in text or "\n" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text

@@ -1,0 +1,53 @@
+"""Which function runs each method, and the checks every request passes first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from protocol import METHOD_SPECS, Method
+
+from ..errors import InvalidRequest
+from ..model_set import ModelSet
+from . import sd15_transparent
+from .denoise import StepCallback, no_progress
+from .request import GenerationRequest, GenerationResult
+
+MethodRunner = Callable[[GenerationRequest, ModelSet, StepCallback], GenerationResult]
+
+METHOD_RUNNERS: dict[Method, MethodRunner] = {
+    Method.SD15_TRANSPARENT: sd15_transparent.run,
+}
+
+
+def available_methods() -> list[Method]:
+    """The methods this backend runs, in the protocol's order."""
+    return [method for method in Method if method in METHOD_RUNNERS]
+
+
+def check_request(request: GenerationRequest, models: ModelSet) -> None:
+    """Validate a request against the method and the loaded model, before any tensor exists.
+
+    Raises:
+        InvalidRequest: naming the field at fault.
+    """
+    if request.method not in METHOD_RUNNERS:
+        names = ", ".join(method.value for method in available_methods())
+        raise InvalidRequest(
+            "method", f"{request.method.value} is not available in this backend; available: {names}"
+        )
+    request.check()
+    family = METHOD_SPECS[request.method].family
+    if family != models.family:
+        raise InvalidRequest(
+            "method",
+            f"{request.method.value} needs a {family.value} base model, "
+            f"but {models.base.name} is {models.family.value}",
+        )
+
+
+def run_method(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """Check the request, then run its method."""
+    check_request(request, models)
+    return METHOD_RUNNERS[request.method](request, models, on_step)

@@ -1,0 +1,132 @@
+"""The backend's validated form of a generation request, and what a run returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
+
+from ..errors import InvalidRequest
+
+MAX_STEPS = 150
+MAX_SIDE = 4096
+MAX_PROMPT_CHARACTERS = 4000
+MAX_IMAGES = 64
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one generation needs; images are uint8 RGBA arrays (H, W, 4).
+
+    Attributes:
+        method: which LayerDiffuse method runs.
+        prompt / negative_prompt: the main prompts.
+        layer_prompts: extra per-layer prompts; each non-empty one becomes
+            "<layer prompt>, <prompt>" for that layer's frame (SD1.5 multi-frame methods).
+        inputs: input layers by role (condition images, or the img2img source).
+        width / height: the size results are returned at.
+        fit_to_native: generate near the model's native area (for big canvases)
+            instead of at the requested size rounded to multiples of 64.
+        resize_mode: how inputs are fitted to the generation size and results back.
+        seed: the first image's seed; image i uses seed + i.
+        steps / cfg_scale / sampler: the sampling schedule.
+        batch_size: results diffused together; batch_count: such passes one after another.
+        weight: strength of the SDXL layer models (the SD1.5 models ignore it, as the original).
+        ending_step: "Stop At": fraction of the schedule that uses the layer model.
+        denoise_strength: for img2img, how much of the source is re-noised.
+    """
+
+    method: Method
+    prompt: str = ""
+    negative_prompt: str = ""
+    layer_prompts: dict[LayerRole, str] = field(default_factory=dict)
+    inputs: dict[LayerRole, np.ndarray] = field(default_factory=dict)
+    width: int = 512
+    height: int = 512
+    fit_to_native: bool = False
+    resize_mode: ResizeMode = ResizeMode.CROP_AND_RESIZE
+    seed: int = 12345
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: Sampler = Sampler.DPMPP_2M_KARRAS
+    batch_size: int = 1
+    batch_count: int = 1
+    weight: float = 1.0
+    ending_step: float = 1.0
+    denoise_strength: float = 0.7
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.batch_count
+
+    def check(self) -> None:
+        """Validate every field before any tensor exists.
+
+        Raises:
+            InvalidRequest: naming the field and the allowed range.
+        """
+        spec = METHOD_SPECS[self.method]
+        _check_range("steps", self.steps, 1, MAX_STEPS)
+        _check_range("cfg_scale", self.cfg_scale, 1.0, 30.0)
+        _check_range("width", self.width, 8, MAX_SIDE)
+        _check_range("height", self.height, 8, MAX_SIDE)
+        _check_range("batch_size", self.batch_size, 1, MAX_IMAGES)
+        _check_range("batch_count", self.batch_count, 1, MAX_IMAGES)
+        _check_range("weight", self.weight, 0.0, 2.0)
+        _check_range("ending_step", self.ending_step, 0.0, 1.0)
+        _check_range("denoise_strength", self.denoise_strength, 0.0, 1.0)
+        _check_range("seed", self.seed, 0, 2**32 - 1)
+        if self.image_count > MAX_IMAGES:
+            raise InvalidRequest(
+                "batch_size", f"{self.image_count} images in all exceed the limit of {MAX_IMAGES}"
+            )
+        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARACTERS:
+                raise InvalidRequest(name, f"{len(text)} characters exceed {MAX_PROMPT_CHARACTERS}")
+        for role in self.layer_prompts:
+            if role not in spec.layer_prompts:
+                raise InvalidRequest(
+                    "layer_prompts", f"{self.method.value} takes no {role.value} prompt"
+                )
+        for role in spec.required_inputs:
+            if role not in self.inputs:
+                raise InvalidRequest("inputs", f"{self.method.value} needs a {role.value} layer")
+        allowed = set(spec.required_inputs) | set(spec.optional_inputs)
+        for role, image in self.inputs.items():
+            if role not in allowed:
+                raise InvalidRequest("inputs", f"{self.method.value} takes no {role.value} layer")
+            _check_image(f"inputs.{role.value}", image)
+
+
+@dataclass
+class GenerationResult:
+    """What a method returns: one dict of layers per image, at the requested size.
+
+    Attributes:
+        images: per result, its layers by role, (height, width, 4) uint8 straight RGBA.
+        seeds: the seed of each result's first frame.
+        generation_size: (width, height) the model ran at.
+    """
+
+    images: list[dict[LayerRole, np.ndarray]]
+    seeds: list[int]
+    generation_size: tuple[int, int]
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(name, f"expected a number, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidRequest(name, f"{value} outside {low}..{high}")
+
+
+def _check_image(name: str, image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InvalidRequest(name, "expected a uint8 image")
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise InvalidRequest(name, f"expected (height, width, 4) RGBA, got shape {image.shape}")
+    height, width = image.shape[:2]
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise InvalidRequest(name, f"size {width}x{height} outside 1..{MAX_SIDE}")

@@ -1,0 +1,97 @@
+"""The stages the methods are made of: prompts, VAE, transparent decode and encode.
+
+Each takes the `ModelSet` and plain tensors or uint8 arrays, so a method reads as
+a list of these calls (style rule 12).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..layerdiffuse import decoder_output_to_rgba, encoder_input
+from ..model_set import ModelSet
+from .prompts import encode_prompts
+from .sizing import to_uint8
+
+# The original composites img2img sources on (127, 127, 127) before the VAE.
+IMG2IMG_GRAY = 127 / 255
+
+
+def encode_text(
+    models: ModelSet, prompts: list[str], negative_prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative contexts, one row per prompt, in the UNet's dtype.
+
+    Both are encoded in one call so that long prompts give both the same length.
+
+    Returns:
+        (context, uncond_context), each (len(prompts), tokens, hidden).
+    """
+    base = models.base
+    both = encode_prompts(base.text_encoder, base.tokenizer, prompts + negative_prompts)
+    both = both.to(device=models.device, dtype=models.dtype)
+    return both[: len(prompts)], both[len(prompts) :]
+
+
+@torch.no_grad()
+def vae_decode(models: ModelSet, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents (B, 4, h, w) → images (B, 3, 8h, 8w) in [0, 1]."""
+    vae = models.base.vae
+    scaled = latents.to(dtype=vae.dtype) / vae.config.scaling_factor
+    decoded = vae.decode(scaled).sample
+    return (decoded / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def transparent_decode(
+    models: ModelSet, latents: torch.Tensor, pixels: torch.Tensor
+) -> list[np.ndarray]:
+    """The transparent decoder's 8-view estimate for each image.
+
+    Args:
+        latents: (B, 4, h, w) scaled latents, as the sampler returns them.
+        pixels: (B, 3, 8h, 8w) their VAE decode in [0, 1].
+
+    Returns:
+        B arrays (8h, 8w, 4) uint8 straight RGBA.
+    """
+    decoder = models.transparent_decoder()
+    dtype = next(decoder.parameters()).dtype
+    unscaled = latents / models.base.vae.config.scaling_factor
+    output = decoder.estimate_augmented(pixels.to(dtype), unscaled.to(dtype))
+    return decoder_output_to_rgba(output)
+
+
+def opaque_rgba(pixels: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) in [0, 1] → B arrays (H, W, 4) uint8 with alpha 255."""
+    images = to_uint8(pixels.movedim(1, -1).float().cpu().numpy())
+    alpha = np.full((*images.shape[:-1], 1), 255, dtype=np.uint8)
+    return list(np.concatenate([images, alpha], axis=-1))
+
+
+@torch.no_grad()
+def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tensor:
+    """A transparent image → scaled latents carrying its alpha (transparent img2img).
+
+    The VAE sees the image over mid-gray; its posterior noise is replaced by the
+    transparent encoder's offset: z = mean + std · scale · offset (layerdiffuse.md §2.2).
+
+    Args:
+        rgba: (H, W, 4) uint8 at the generation size.
+
+    Returns:
+        (1, 4, H/8, W/8) latents multiplied by the VAE's scaling factor.
+    """
+    vae = models.base.vae
+    image = rgba.astype(np.float32) / 255.0
+    alpha = image[..., 3:]
+    on_gray = image[..., :3] * alpha + IMG2IMG_GRAY * (1.0 - alpha)
+    vae_input = torch.from_numpy(on_gray * 2.0 - 1.0).movedim(-1, 0)[None]
+    posterior = vae.encode(vae_input.to(device=models.device, dtype=vae.dtype)).latent_dist
+
+    encoder, offset_scale = models.transparent_encoder()
+    weight = next(encoder.parameters())
+    offset = encoder(encoder_input(rgba).to(device=weight.device, dtype=weight.dtype))
+    latents = posterior.mean + posterior.std * (offset * offset_scale).to(posterior.mean.dtype)
+    return latents * vae.config.scaling_factor

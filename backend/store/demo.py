@@ -1,0 +1,218 @@
+"""The demo model set: tiny random models with the real structure, built in code.
+
+It lets the whole chain — store, loading, methods, decoder, server, plugin — run on a
+CPU with no download. Every model is the real class at a small width, seeded
+deterministically, and written to disk in the real formats (a diffusers folder for
+the base model; the LayerDiffuse files in their released key layouts), so it is
+loaded by exactly the code that loads the real files. Its pictures are noise; its
+layers, alpha and plumbing are real. Everything built from it says "demo".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..layerdiffuse import (
+    LayerModelLayout,
+    TransparentVAEDecoder,
+    TransparentVAEEncoder,
+    build_sd15_layer_model,
+)
+from .catalogue import RELEASED_FILES, ReleasedFile
+from .configs import config_path
+from .download import default_cache_dir, sha256_of
+from .tokenizer import write_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+DEMO_VERSION = 2
+DEMO_NAME = "demo-sd15 (tiny random weights: pictures are noise)"
+_MANIFEST = "manifest.json"
+
+# Tiny but structurally real: the SD1.5 block layout (16 transformers, 32 attention
+# modules), a VAE that downsamples by 8, CLIP's real vocabulary and context length.
+_UNET = {
+    "sample_size": 8,
+    "block_out_channels": (32, 32, 64, 64),
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+_VAE = {
+    "block_out_channels": (16, 16, 32, 32),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+    "scaling_factor": 0.18215,
+}
+_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+_LAYER_RANK = 8
+_DECODER_CHANNELS = (8, 8, 16, 16, 32, 32, 32)
+_ENCODER_CHANNELS = (8, 8, 16, 16)
+_CONTROL_CHANNELS = (8, 8, 16, 16)
+_SD15_LAYER_FILES = {
+    "layer_sd15_transparent_attn": LayerModelLayout(1, _LAYER_RANK, False),
+    "layer_sd15_joint": LayerModelLayout(3, _LAYER_RANK, False),
+    "layer_sd15_fg2bg": LayerModelLayout(2, _LAYER_RANK, True, _CONTROL_CHANNELS),
+    "layer_sd15_bg2fg": LayerModelLayout(2, _LAYER_RANK, True, _CONTROL_CHANNELS),
+}
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """Where the built demo set lies.
+
+    Attributes:
+        base_dir: a diffusers folder of the tiny SD1.5 base model.
+        models_dir: the tiny LayerDiffuse files under their released file names.
+        catalogue: the released catalogue with these files' sizes and sha256, so the
+            store checks them as it checks downloads.
+    """
+
+    base_dir: Path
+    models_dir: Path
+    catalogue: dict[str, ReleasedFile]
+
+
+def demo_root(cache_dir: Path | None = None) -> Path:
+    """The folder the demo set is built in (inside the store's cache folder)."""
+    return (cache_dir or default_cache_dir()) / f"demo-v{DEMO_VERSION}"
+
+
+def ensure_demo_set(cache_dir: Path | None = None) -> DemoSet:
+    """Build the demo set once (a few seconds) and return where it is.
+
+    A complete set is recognised by its manifest; a partial one is rebuilt. Building
+    happens in a temporary folder that is renamed into place, so concurrent callers
+    never see half a set.
+    """
+    root = demo_root(cache_dir)
+    if not (root / _MANIFEST).is_file():
+        staging = root.with_name(f"{root.name}.{os.getpid()}.building")
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("building the demo model set in %s", root)
+        _build(staging)
+        if (root / _MANIFEST).is_file():  # built meanwhile by another process
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(staging, root)
+    manifest = json.loads((root / _MANIFEST).read_text())
+    catalogue = {
+        name: replace(
+            RELEASED_FILES[name],
+            sha256=entry["sha256"],
+            size_bytes=entry["size_bytes"],
+            size_exact=True,
+            description="demo: " + RELEASED_FILES[name].description,
+        )
+        for name, entry in manifest["files"].items()
+    }
+    return DemoSet(base_dir=root / "base", models_dir=root / "layer_models", catalogue=catalogue)
+
+
+def _build(root: Path) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    base = root / "base"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_UNET)
+    unet.save_pretrained(base / "unet", safe_serialization=True)
+    torch.manual_seed(1)
+    AutoencoderKL(**_VAE).save_pretrained(base / "vae", safe_serialization=True)
+    torch.manual_seed(2)
+    CLIPTextModel(CLIPTextConfig(**_TEXT)).save_pretrained(
+        base / "text_encoder", safe_serialization=True
+    )
+    write_tokenizer_files(base / "tokenizer")
+    (base / "scheduler").mkdir(parents=True)
+    shutil.copy(config_path("sd15", "scheduler"), base / "scheduler" / "scheduler_config.json")
+    (base / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
+    (root / "README.txt").write_text(
+        "krita-layerdiffuse demo model set: tiny random models with the real structure.\n"
+        "Pictures made with it are noise; it exists to run everything without downloads.\n"
+    )
+
+    layers = root / "layer_models"
+    layers.mkdir(parents=True)
+    files: dict[str, dict[str, object]] = {}
+    for name, state in _layer_files(unet).items():
+        path = layers / RELEASED_FILES[name].filename
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+        files[name] = {"sha256": sha256_of(path), "size_bytes": path.stat().st_size}
+    (root / _MANIFEST).write_text(json.dumps({"version": DEMO_VERSION, "files": files}, indent=2))
+
+
+def _layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for index, (name, layout) in enumerate(_SD15_LAYER_FILES.items()):
+        torch.manual_seed(100 + index)
+        model = build_sd15_layer_model(unet, layout)
+        _small_init_(model)
+        files[name] = model.state_dict()
+    torch.manual_seed(200)
+    decoder = TransparentVAEDecoder(block_out_channels=_DECODER_CHANNELS)
+    with torch.no_grad():
+        # Trained in the real file; a visible latent path keeps the demo's alpha image-dependent.
+        torch.nn.init.normal_(decoder.latent_conv_in.weight, std=0.5)
+        # Centre the untrained output so alpha spans transparent, partial and opaque.
+        decoder.conv_out.weight[0] *= 3.0
+        decoder.conv_out.bias[0] += 0.7
+        decoder.conv_out.bias[1:] += 0.4
+    files["layer_sd15_vae_transparent_decoder"] = decoder.state_dict()
+    torch.manual_seed(201)
+    files["layer_sd15_vae_transparent_encoder"] = TransparentVAEEncoder(
+        _ENCODER_CHANNELS
+    ).state_dict()
+    return files
+
+
+@torch.no_grad()
+def _small_init_(module: torch.nn.Module) -> None:
+    """Small weights for the layer model, so the tiny UNet stays numerically tame."""
+    for name, parameter in module.named_parameters():
+        if name.endswith("temporal_n.weight"):
+            parameter.fill_(1.0)
+        elif parameter.dim() == 1:
+            parameter.zero_()
+        else:
+            parameter.normal_(std=0.02)
+
+
+def _model_index() -> dict[str, object]:
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.30.0",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "demo": True,
+    }

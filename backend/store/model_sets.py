@@ -1,0 +1,96 @@
+"""Opening a `ModelSet`: a base model and a source of LayerDiffuse files, on a device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from backend.model_set import ModelSet
+from backend.store.checkpoints import load_base_model
+from backend.store.demo import DEMO_NAME, ensure_demo_set
+from backend.store.download import ModelStore
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """ "auto"/None → CUDA when present, else Apple's MPS, else the CPU."""
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """ "auto"/None → float16 on GPUs (as the reference runs), float32 on the CPU."""
+    if dtype not in (None, "auto"):
+        return DTYPES[dtype]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def open_model_set(
+    *,
+    base: str | Path | None = None,
+    demo: bool = False,
+    models_dir: Path | None = None,
+    offline: bool | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache_dir: Path | None = None,
+) -> ModelSet:
+    """Load a base model and make the LayerDiffuse files available to the methods.
+
+    Args:
+        base: a diffusers folder, a hub repo id or one `.safetensors` checkpoint.
+        demo: use the tiny demo set (built on first use, no download) instead.
+        models_dir: a folder holding released files under their own names.
+        offline: never contact the hub; None follows `HF_HUB_OFFLINE`.
+        device / dtype: where and how to run; None picks (see `resolve_device`).
+        cache_dir: the store's own cache folder (demo set, verified-file records).
+
+    Raises:
+        ModelNotFound, UnsupportedModel, ModelHashMismatch: from the store.
+        ValueError: neither `base` nor `demo` given.
+    """
+    target = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, target)
+    if demo:
+        demo_set = ensure_demo_set(cache_dir)
+        store = ModelStore(
+            models_dir=demo_set.models_dir,
+            offline=True,
+            catalogue=demo_set.catalogue,
+            state_dir=cache_dir,
+        )
+        base_model = load_base_model(
+            demo_set.base_dir, device=target, dtype=compute_dtype, offline=True
+        )
+        base_model.name = DEMO_NAME
+    elif base is not None:
+        store = ModelStore(models_dir=models_dir, offline=offline, state_dir=cache_dir)
+        base_model = load_base_model(base, device=target, dtype=compute_dtype, offline=offline)
+    else:
+        raise ValueError("give a base model or ask for the demo set")
+    log.info(
+        "loaded %s (%s) on %s as %s",
+        base_model.name,
+        base_model.family.value,
+        target,
+        compute_dtype,
+    )
+    offset_scales = {entry.name: entry.offset_scale for entry in store.catalogue.values()}
+    return ModelSet(
+        base=base_model,
+        load_layer_file=store.load_state_dict,
+        offset_scales=offset_scales,
+        device=target,
+        dtype=compute_dtype,
+        is_demo=demo,
+    )
