@@ -212,7 +212,11 @@ def reference_control(
 
 @pytest.mark.parametrize(
     "layout",
-    [LayerModelLayout(1, 4, False), LayerModelLayout(3, 4, False), LayerModelLayout(2, 4, True)],
+    [
+        LayerModelLayout(1, 4, False),
+        LayerModelLayout(3, 4, False),
+        LayerModelLayout(2, 4, True, (8, 8, 16, 16)),
+    ],
     ids=["transparent", "joint", "with-control"],
 )
 def test_attached_unet_computes_what_the_reference_computes(layout: LayerModelLayout) -> None:
@@ -316,3 +320,9 @@ def test_frame_and_control_errors_are_explicit() -> None:
     with torch.no_grad(), pytest.raises(ValueError, match="needs a control image"):
         unet(torch.randn(2, 4, 16, 16), 10, torch.randn(2, 7, 24))
     controlled.detach()
+
+
+def test_layout_is_read_from_the_keys() -> None:
+    unet = tiny_sd15_unet()
+    for layout in (LayerModelLayout(3, 4, False), LayerModelLayout(2, 6, True, (8, 8, 16, 24))):
+        assert read_layout(random_layer_state(unet, layout)) == layout
