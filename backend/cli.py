@@ -106,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--init", type=Path, help="a transparent PNG to rework (transparent img2img)"
     )
+    generate.add_argument(
+        "--foreground", type=Path, help="foreground layer PNG (sd15_fg2bg's condition)"
+    )
+    generate.add_argument(
+        "--background", type=Path, help="background layer PNG (sd15_bg2fg's condition)"
+    )
+    generate.add_argument("--fg-prompt", default="", help="foreground layer prompt (SD1.5 layers)")
+    generate.add_argument("--bg-prompt", default="", help="background layer prompt (SD1.5 layers)")
+    generate.add_argument("--blend-prompt", default="", help="blended image prompt (SD1.5 layers)")
     generate.add_argument("--denoise", type=float, default=0.7, help="img2img denoising strength")
     generate.add_argument("--output", "-o", type=Path, default=Path("outputs"))
     generate.set_defaults(command=_generate)
@@ -194,13 +203,28 @@ def _generate(args: argparse.Namespace) -> int:
 def _request_from(args: argparse.Namespace) -> GenerationRequest:
     from .methods.request import GenerationRequest
 
+    if args.init is not None and args.foreground is not None:
+        raise InvalidRequest(
+            "init", "give --init or --foreground, not both (both are the foreground)"
+        )
     inputs: dict[LayerRole, np.ndarray] = {}
-    if args.init is not None:
-        inputs[LayerRole.FOREGROUND] = _read_rgba(args.init)
+    for option, role, path in (
+        ("init", LayerRole.FOREGROUND, args.init),
+        ("foreground", LayerRole.FOREGROUND, args.foreground),
+        ("background", LayerRole.BACKGROUND, args.background),
+    ):
+        if path is not None:
+            inputs[role] = _read_rgba(option, path)
+    texts = {
+        LayerRole.FOREGROUND: args.fg_prompt,
+        LayerRole.BACKGROUND: args.bg_prompt,
+        LayerRole.BLENDED: args.blend_prompt,
+    }
     return GenerationRequest(
         method=Method(args.method),
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
+        layer_prompts={role: text for role, text in texts.items() if text},
         inputs=inputs,
         width=args.width,
         height=args.height,
@@ -218,7 +242,7 @@ def _request_from(args: argparse.Namespace) -> GenerationRequest:
     )
 
 
-def _read_rgba(path: Path) -> np.ndarray:
+def _read_rgba(option: str, path: Path) -> np.ndarray:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -226,7 +250,7 @@ def _read_rgba(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGBA")).copy()
     except (OSError, UnidentifiedImageError) as error:
-        raise InvalidRequest("init", f"cannot read {path}: {error}") from error
+        raise InvalidRequest(option, f"cannot read {path}: {error}") from error
 
 
 def _write_results(

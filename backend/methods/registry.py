@@ -8,7 +8,7 @@ from protocol import METHOD_SPECS, Method
 
 from ..errors import InvalidRequest
 from ..model_set import ModelSet
-from . import sd15_transparent
+from . import sd15_layered, sd15_transparent
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
 
@@ -16,6 +16,9 @@ MethodRunner = Callable[[GenerationRequest, ModelSet, StepCallback], GenerationR
 
 METHOD_RUNNERS: dict[Method, MethodRunner] = {
     Method.SD15_TRANSPARENT: sd15_transparent.run,
+    Method.SD15_JOINT: sd15_layered.run_joint,
+    Method.SD15_FG_TO_BG: sd15_layered.run_fg_to_bg,
+    Method.SD15_BG_TO_FG: sd15_layered.run_bg_to_fg,
 }
 
 

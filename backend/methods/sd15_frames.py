@@ -1,0 +1,143 @@
+"""The recipe all four SD1.5 methods share: frames diffused together by attention sharing.
+
+A method names its layer file, what each frame is, and (for fg2bg / bg2fg) which input
+is the control image. Rows of a pass are `batch_size` results × frames, interleaved as
+the released models expect ([f0, f1, (f2), f0, f1, …]); the caller never deals with
+"batch size must be divisible by 3". Row r of a pass uses seed + r, as A1111 gives
+consecutive seeds to a batch, so the original's results for a seed are reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from protocol import LayerRole
+
+from ..layerdiffuse import attach_sd15_layer_model
+from ..model_set import ModelSet
+from .denoise import StepCallback, denoise, seeded_noise
+from .prompts import layer_prompt
+from .request import GenerationRequest, GenerationResult
+from .sizing import composite_on_gray, fit_rgba, generation_size
+from .stages import encode_text, opaque_rgba, transparent_decode, vae_decode
+
+NATIVE_AREA = 512 * 512
+
+
+def generation_size_for(request: GenerationRequest) -> tuple[int, int]:
+    """(width, height) an SD1.5 method runs at for this request."""
+    native = NATIVE_AREA if request.fit_to_native else None
+    return generation_size(request.width, request.height, native_area=native)
+
+
+def control_image(
+    request: GenerationRequest, role: LayerRole, width: int, height: int
+) -> torch.Tensor:
+    """A condition layer as the control encoder takes it: over 50 % gray, fitted, (1, 3, H, W)."""
+    fitted = fit_rgba(request.inputs[role], width, height, request.resize_mode)
+    return torch.from_numpy(composite_on_gray(fitted)).movedim(-1, 0)[None]
+
+
+def run_frames(
+    request: GenerationRequest,
+    models: ModelSet,
+    on_step: StepCallback,
+    *,
+    layer_file: str,
+    frame_roles: tuple[LayerRole, ...],
+    control_role: LayerRole | None = None,
+    source: torch.Tensor | None = None,
+) -> GenerationResult:
+    """Run an SD1.5 layer model and return each result's layers at the requested size.
+
+    Args:
+        layer_file: the released attention-sharing file.
+        frame_roles: what frame 0, 1, (2) is; the foreground frame is decoded with alpha.
+        control_role: the input layer fed to the control encoder, if the file has one.
+        source: (1, 4, h, w) scaled latents for img2img, or None.
+    """
+    # 1. Sizes: the model runs at multiples of 64; results go back to the asked size.
+    width, height = generation_size_for(request)
+    frames = len(frame_roles)
+    rows = request.batch_size * frames
+
+    # 2. Prompts: each frame's own layer prompt ("<layer>, <prompt>") replaces only the
+    #    positive context, as the original's cond_overwrite does.
+    frame_prompts = [
+        layer_prompt(request.layer_prompts.get(role, ""), request.prompt) for role in frame_roles
+    ]
+    context, uncond = encode_text(
+        models, frame_prompts * request.batch_size, [request.negative_prompt] * rows
+    )
+
+    # 3. The layer model, with its control image; the UNet is restored whatever happens.
+    handle = attach_sd15_layer_model(models.base.unet, models.layer_state_dict(layer_file))
+    images: list[dict[LayerRole, np.ndarray]] = []
+    seeds: list[int] = []
+    try:
+        if control_role is not None:
+            handle.set_control(control_image(request, control_role, width, height))
+        for batch in range(request.batch_count):
+            # 4. Noise: one seed per row, consecutive across the whole run.
+            first = request.seed + batch * rows
+            noise, generators = seeded_noise(
+                list(range(first, first + rows)),
+                (4, height // 8, width // 8),
+                models.device,
+                models.dtype,
+            )
+
+            def report(step: int, total: int, latents: torch.Tensor, batch: int = batch) -> None:
+                on_step(batch * total + step, request.batch_count * total, latents)
+
+            latents = denoise(
+                unet=models.base.unet,
+                sampler=request.sampler,
+                scheduler_config=models.base.scheduler_config,
+                latents=None if source is None else source.expand(rows, -1, -1, -1),
+                noise=noise,
+                generators=generators,
+                context=context,
+                uncond_context=uncond,
+                cfg_scale=request.cfg_scale,
+                steps=request.steps,
+                strength=request.denoise_strength if source is not None else 1.0,
+                on_step=report,
+                use_layer_model=handle.set_active,
+                ending_step=request.ending_step,
+            )
+            # 5. Decode every row; the foreground frame also through the transparent decoder.
+            layers = _decode_frames(models, latents, frame_roles)
+            for index in range(request.batch_size):
+                images.append(
+                    {
+                        role: fit_rgba(
+                            layers[index * frames + f],
+                            request.width,
+                            request.height,
+                            request.resize_mode,
+                        )
+                        for f, role in enumerate(frame_roles)
+                    }
+                )
+                seeds.append(first + index * frames)
+    finally:
+        handle.detach()
+    return GenerationResult(images=images, seeds=seeds, generation_size=(width, height))
+
+
+def _decode_frames(
+    models: ModelSet, latents: torch.Tensor, frame_roles: tuple[LayerRole, ...]
+) -> list[np.ndarray]:
+    """RGBA per row: transparent for foreground frames, opaque for the others."""
+    pixels = vae_decode(models, latents)
+    layers = opaque_rgba(pixels)
+    frames = len(frame_roles)
+    if LayerRole.FOREGROUND in frame_roles:
+        offset = frame_roles.index(LayerRole.FOREGROUND)
+        foreground_rows = list(range(offset, len(layers), frames))
+        rgba = transparent_decode(models, latents[foreground_rows], pixels[foreground_rows])
+        for row, image in zip(foreground_rows, rgba, strict=True):
+            layers[row] = image
+    return layers
