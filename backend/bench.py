@@ -16,19 +16,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from protocol import LayerRole, Method, ModelFamily
+
 from .layerdiffuse import (
     LayerModelLayout,
     TransparentVAEDecoder,
+    TransparentVAEEncoder,
     attach_sd15_layer_model,
     build_sd15_layer_model,
     use_reduction_group_norm,
 )
+from .methods.registry import run_method
+from .methods.request import GenerationRequest
+from .model_set import BaseModel, ModelSet
 from .store.configs import config_path
+from .store.tokenizer import clip_tokenizer
 
 
 @dataclass
@@ -212,13 +220,117 @@ def bench_sd15(
     _time(report, "VAE decode", "SD VAE", lambda: vae.decode(latents).sample, device, repeat)
 
 
+class _StepClock:
+    """Records when each sampler step ends, to time the denoising loop alone."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, step: int, total: int, latents: torch.Tensor) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+
+    def per_step_ms(self) -> float:
+        """Median step time, leaving out the first step (warm-up inside a run)."""
+        gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+        return statistics.median(gaps) * 1000 if gaps else float("nan")
+
+
+def random_sd15_model_set(device: torch.device, dtype: torch.dtype) -> ModelSet:
+    """A `ModelSet` of real-size SD1.5 and LayerDiffuse modules with random weights."""
+    unet_config = json.loads(config_path("sd15", "unet").read_text())
+    vae_config = json.loads(config_path("sd15", "vae").read_text())
+    text_config = CLIPTextConfig(**json.loads(config_path("sd15", "text_encoder").read_text()))
+    unet = build_random(lambda: UNet2DConditionModel.from_config(unet_config), device, dtype)
+    base = BaseModel(
+        family=ModelFamily.SD15,
+        name="random-weights SD1.5 (bench)",
+        unet=unet,
+        vae=build_random(lambda: AutoencoderKL.from_config(vae_config), device, dtype),
+        text_encoder=build_random(lambda: CLIPTextModel(text_config), device, dtype),
+        tokenizer=clip_tokenizer(),
+        scheduler_config=json.loads(config_path("sd15", "scheduler").read_text()),
+    )
+    layouts = {
+        "layer_sd15_transparent_attn": LayerModelLayout(1, 256, False),
+        "layer_sd15_joint": LayerModelLayout(3, 256, False),
+        "layer_sd15_fg2bg": LayerModelLayout(2, 256, True),
+        "layer_sd15_bg2fg": LayerModelLayout(2, 256, True),
+    }
+
+    def load(name: str) -> dict[str, torch.Tensor]:
+        if name in layouts:
+            factory: Callable[[], nn.Module] = lambda: build_sd15_layer_model(unet, layouts[name])  # noqa: E731
+        elif name.endswith("decoder"):
+            factory = TransparentVAEDecoder
+        else:
+            factory = TransparentVAEEncoder
+        return build_random(factory, device, dtype).state_dict()
+
+    return ModelSet(base=base, load_layer_file=load, offset_scales={}, device=device, dtype=dtype)
+
+
+def bench_sd15_methods(
+    report: BenchReport,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeat: int,
+    steps: int = 20,
+    scale: int = 1,
+) -> None:
+    """Each SD1.5 method end to end, as the methods run it: whole job, per step, peak memory.
+
+    Sizes are the seed README's (512², and 512×640 for the layer methods) divided by
+    `scale` (a CPU run uses small sizes only to check that the stage works).
+    """
+    models = random_sd15_model_set(device, dtype)
+    cuda = device.type == "cuda"
+    wide, tall = 512 // scale, 640 // scale
+    layer = np.full((tall, wide, 4), 255, dtype=np.uint8)
+    fg, bg = LayerRole.FOREGROUND, LayerRole.BACKGROUND
+    jobs: list[tuple[str, Method, int, int, dict[LayerRole, np.ndarray]]] = [
+        (f"transparent {wide}x{wide}", Method.SD15_TRANSPARENT, wide, wide, {}),
+        (f"transparent img2img {wide}x{wide}", Method.SD15_TRANSPARENT, wide, wide, {fg: layer}),
+        (f"joint {wide}x{tall} (fg+bg+blend)", Method.SD15_JOINT, wide, tall, {}),
+        (f"fg2bg {wide}x{tall} (bg+blend)", Method.SD15_FG_TO_BG, wide, tall, {fg: layer}),
+        (f"bg2fg {wide}x{tall} (fg+blend)", Method.SD15_BG_TO_FG, wide, tall, {bg: layer}),
+    ]
+    for name, method, width, height, inputs in jobs:
+        request = GenerationRequest(
+            method=method,
+            prompt="a glass cup",
+            negative_prompt="bad, ugly",
+            inputs=inputs,
+            width=width,
+            height=height,
+            steps=steps,
+        )
+        run_method(request, models)  # warm-up: loads the layer file, picks kernels
+        totals, steps_ms = [], []
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(max(1, repeat // 2)):
+            clock = _StepClock(device)
+            started = time.perf_counter()
+            run_method(request, models, clock)
+            if cuda:
+                torch.cuda.synchronize(device)
+            totals.append((time.perf_counter() - started) * 1000)
+            steps_ms.append(clock.per_step_ms())
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+        report.add(Timing("SD1.5 job", f"{name}, {steps} steps", statistics.median(totals), peak))
+        report.add(Timing("SD1.5 step", name, statistics.median(steps_ms), peak))
+
+
 def run_bench(
     *,
     device: str | None = None,
     dtype: str | None = None,
     size: int | None = None,
     repeat: int = 5,
-    stages: tuple[str, ...] = ("decoder", "sd15"),
+    stages: tuple[str, ...] | None = None,
 ) -> BenchReport:
     """Run the benchmark and return its report.
 
@@ -227,18 +339,25 @@ def run_bench(
         dtype: "float16", "bfloat16" or "float32"; None: float16 on CUDA, else float32.
         size: image side in pixels; None: 1024 on CUDA, 128 on the CPU.
         repeat: timed runs per variant (the median is reported).
-        stages: which groups to run: "decoder" (transparent decode), "sd15" (text, UNet, VAE).
+        stages: which groups to run: "decoder" (transparent decode), "sd15" (text, UNet,
+            VAE per call), "methods" (each SD1.5 method end to end); None: all on CUDA,
+            the decoder alone on a CPU (real-size SD1.5 on a CPU takes minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
     side = size or (1024 if cuda else 128)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    if stages is None:
+        stages = ("decoder", "sd15", "methods") if cuda else ("decoder",)
     name = torch.cuda.get_device_name(target) if cuda else "cpu"
     report = BenchReport(name, str(torch_dtype).removeprefix("torch."), side, torch.__version__)
     if "decoder" in stages:
         bench_transparent_decoder(report, target, torch_dtype, side, repeat)
     if "sd15" in stages:
         bench_sd15(report, target, torch_dtype, min(side, 512) if not cuda else 512, repeat)
+    if "methods" in stages:
+        if cuda:
+            bench_sd15_methods(report, target, torch_dtype, repeat)
+        else:
+            bench_sd15_methods(report, target, torch_dtype, repeat, steps=2, scale=8)
     return report

@@ -120,18 +120,26 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(command=_generate)
 
     models = commands.add_parser("models", help="list, download or verify the LayerDiffuse files")
-    models.add_argument("--models-dir", type=Path, help="a folder with released files")
-    models.add_argument(
+    # The options belong to each action, so they go after it: `models list --offline`.
+    store_options = argparse.ArgumentParser(add_help=False)
+    store_options.add_argument("--models-dir", type=Path, help="a folder with released files")
+    store_options.add_argument(
         "--offline", action="store_true", default=None, help="never use the network"
     )
     actions = models.add_subparsers(title="actions", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="every released file and where it is")
+    listing = actions.add_parser(
+        "list", parents=[store_options], help="every released file and where it is"
+    )
     listing.set_defaults(command=_models_list)
-    download = actions.add_parser("download", help="download files (checked by sha256)")
+    download = actions.add_parser(
+        "download", parents=[store_options], help="download files (checked by sha256)"
+    )
     download.add_argument("names", nargs="*", help="file names; none means all")
     download.add_argument("--family", choices=["sd15", "sdxl"], help="only this family's files")
     download.set_defaults(command=_models_download)
-    verify = actions.add_parser("verify", help="re-hash files and compare with the catalogue")
+    verify = actions.add_parser(
+        "verify", parents=[store_options], help="re-hash files and compare with the catalogue"
+    )
     verify.add_argument("names", nargs="*", help="file names; none means all present")
     verify.set_defaults(command=_models_verify)
 
@@ -145,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=None, help="image side (default 1024 on CUDA)")
     bench.add_argument("--repeat", type=int, default=5, help="timed runs per variant")
     bench.add_argument(
-        "--stages", default="decoder,sd15", help="comma-separated: decoder, sd15 (default both)"
+        "--stages",
+        default=None,
+        help="comma-separated: decoder, sd15, methods (default: all on CUDA, decoder on a CPU)",
     )
     bench.add_argument("--json", type=Path, help="also write the report as JSON")
     bench.set_defaults(command=_bench)
@@ -173,9 +183,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    request = _request_from(args)
     from .methods.registry import check_request, run_method
     from .store.model_sets import open_model_set
+
+    request = _request_from(args)
+    check_request(request)  # before any model is looked for, let alone downloaded
 
     _quiet_libraries()
     started = time.perf_counter()
@@ -389,11 +401,17 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     _quiet_libraries()
-    stages = tuple(stage.strip() for stage in args.stages.split(",") if stage.strip())
-    unknown = set(stages) - {"decoder", "sd15"}
+    if args.size is not None and (args.size < 64 or args.size % 64):
+        raise InvalidRequest("size", f"{args.size} is not a positive multiple of 64")
+    if args.repeat < 1:
+        raise InvalidRequest("repeat", f"{args.repeat} is not a positive count")
+    stages = None
+    if args.stages is not None:
+        stages = tuple(stage.strip() for stage in args.stages.split(",") if stage.strip())
+    unknown = set(stages or ()) - {"decoder", "sd15", "methods"}
     if unknown:
         raise InvalidRequest(
-            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: decoder, sd15"
+            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: decoder, sd15, methods"
         )
     report = run_bench(
         device=args.device, dtype=args.dtype, size=args.size, repeat=args.repeat, stages=stages

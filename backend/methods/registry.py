@@ -27,8 +27,11 @@ def available_methods() -> list[Method]:
     return [method for method in Method if method in METHOD_RUNNERS]
 
 
-def check_request(request: GenerationRequest, models: ModelSet) -> None:
-    """Validate a request against the method and the loaded model, before any tensor exists.
+def check_request(request: GenerationRequest, models: ModelSet | None = None) -> None:
+    """Validate a request before any tensor exists; with `models`, against the loaded model too.
+
+    Callers check without `models` before loading anything, so a bad request never
+    waits for (or downloads) a model.
 
     Raises:
         InvalidRequest: naming the field at fault.
@@ -39,6 +42,8 @@ def check_request(request: GenerationRequest, models: ModelSet) -> None:
             "method", f"{request.method.value} is not available in this backend; available: {names}"
         )
     request.check()
+    if models is None:
+        return
     family = METHOD_SPECS[request.method].family
     if family != models.family:
         raise InvalidRequest(

@@ -33,7 +33,7 @@ from .tokenizer import write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 DEMO_NAME = "demo-sd15 (tiny random weights: pictures are noise)"
 _MANIFEST = "manifest.json"
 
@@ -197,12 +197,17 @@ def _layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 
 @torch.no_grad()
 def _small_init_(module: torch.nn.Module) -> None:
-    """Small weights for the layer model, so the tiny UNet stays numerically tame."""
+    """Small weights for the LoRA and temporal parts, so the tiny UNet stays numerically
+    tame; the control path keeps unit gain, so the control image visibly steers results."""
     for name, parameter in module.named_parameters():
         if name.endswith("temporal_n.weight"):
             parameter.fill_(1.0)
         elif parameter.dim() == 1:
             parameter.zero_()
+        elif name.startswith("kwargs_encoder."):
+            torch.nn.init.kaiming_normal_(parameter, nonlinearity="relu")
+        elif ".control_convs." in name:
+            torch.nn.init.kaiming_normal_(parameter, nonlinearity="linear")
         else:
             parameter.normal_(std=0.02)
 

@@ -1,0 +1,193 @@
+"""The shared denoising loop: Stop At, seeded noise, img2img strength and guidance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from backend.methods.denoise import denoise, seeded_noise, stop_timestep
+from backend.methods.samplers import make_scheduler
+from backend.methods.stages import encode_text
+from backend.model_set import ModelSet
+from protocol import Sampler
+
+LATENT_SHAPE = (4, 8, 8)  # a 64 x 64 image
+
+
+class _SpyUNet(torch.nn.Module):
+    """Calls the real UNet and records the batch of every call."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.batches: list[tuple[int, int]] = []
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> object:
+        self.batches.append((sample.shape[0], encoder_hidden_states.shape[0]))
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+
+
+def _run(models: ModelSet, **options: object) -> torch.Tensor:
+    """`denoise` on the demo UNet for one 64 x 64 row, seed 7, with `options` overriding."""
+    context, uncond = encode_text(models, ["an apple"], ["bad, ugly"])
+    noise, generators = seeded_noise([7], LATENT_SHAPE, models.device, models.dtype)
+    arguments: dict[str, object] = {
+        "unet": models.base.unet,
+        "sampler": Sampler.DDIM,
+        "scheduler_config": models.base.scheduler_config,
+        "latents": None,
+        "noise": noise,
+        "generators": generators,
+        "context": context,
+        "uncond_context": uncond,
+        "cfg_scale": 7.0,
+        "steps": 4,
+    }
+    arguments.update(options)
+    return denoise(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("ending_step", "expected"),
+    [
+        (1.0, None),
+        (1.2, None),
+        (0.0, math.inf),
+        (-0.1, math.inf),
+        (0.5, 499.5),
+        (0.75, 249.75),
+        (0.25, 749.25),
+    ],
+)
+def test_stop_timestep_is_one_minus_the_fraction_of_999(
+    ending_step: float, expected: float | None
+) -> None:
+    assert stop_timestep(ending_step) == expected
+
+
+def test_a_seeds_noise_row_does_not_depend_on_its_place_in_the_batch() -> None:
+    batch, _ = seeded_noise([3, 7, 11], LATENT_SHAPE, torch.device("cpu"), torch.float32)
+    alone, _ = seeded_noise([7], LATENT_SHAPE, torch.device("cpu"), torch.float32)
+    reversed_batch, _ = seeded_noise([11, 7, 3], LATENT_SHAPE, torch.device("cpu"), torch.float32)
+    assert batch.shape == (3, *LATENT_SHAPE)
+    assert torch.equal(batch[1], alone[0])
+    assert torch.equal(batch, reversed_batch.flip(0))
+
+
+def test_different_seeds_give_different_noise() -> None:
+    noise, _ = seeded_noise([3, 4], LATENT_SHAPE, torch.device("cpu"), torch.float32)
+    assert not torch.allclose(noise[0], noise[1])
+
+
+def test_noise_is_drawn_on_the_cpu_and_the_generators_continue_its_stream() -> None:
+    noise, generators = seeded_noise([5, 6], LATENT_SHAPE, torch.device("cpu"), torch.float64)
+    assert noise.dtype == torch.float64
+    assert [generator.device.type for generator in generators] == ["cpu", "cpu"]
+    for row, seed, generator in zip(noise, [5, 6], generators, strict=True):
+        reference = torch.Generator("cpu").manual_seed(seed)
+        assert torch.equal(row, torch.randn(LATENT_SHAPE, generator=reference).double())
+        # the sampler's per-step noise continues where the initial noise stopped
+        next_draw = torch.randn(LATENT_SHAPE, generator=reference)
+        assert torch.equal(torch.randn(LATENT_SHAPE, generator=generator), next_draw)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "layer_steps"),
+    [
+        (Sampler.DDIM, 5),  # 901, 801, 701, 601, 501 | 401, …
+        (Sampler.EULER, 5),  # 999, 888, 777, 666, 555 | 444, …
+        (Sampler.DPMPP_2M_KARRAS, 5),  # 999, 916, 815, 687, 523 | 327, …
+        (Sampler.UNIPC, 6),  # 999, 899, 799, 699, 599, 500 | 400, …
+    ],
+)
+def test_stop_at_half_switches_the_layer_model_off_below_timestep_499_5(
+    demo_models: ModelSet, sampler: Sampler, layer_steps: int
+) -> None:
+    calls: list[bool] = []
+    _run(demo_models, sampler=sampler, steps=10, use_layer_model=calls.append, ending_step=0.5)
+    assert calls == [True] * layer_steps + [False] * (10 - layer_steps)
+    scheduler = make_scheduler(sampler, demo_models.base.scheduler_config)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps
+    assert float(timesteps[layer_steps - 1]) >= 499.5 > float(timesteps[layer_steps])
+
+
+@pytest.mark.parametrize(("ending_step", "expected"), [(1.0, [True] * 4), (0.0, [False] * 4)])
+def test_stop_at_1_keeps_the_layer_model_and_0_never_uses_it(
+    demo_models: ModelSet, ending_step: float, expected: list[bool]
+) -> None:
+    calls: list[bool] = []
+    _run(demo_models, use_layer_model=calls.append, ending_step=ending_step)
+    assert calls == expected
+
+
+@pytest.mark.parametrize("sampler", [Sampler.DDIM, Sampler.DPMPP_2M_KARRAS, Sampler.EULER_A])
+@pytest.mark.parametrize(
+    ("steps", "strength", "run_steps"), [(4, 0.5, 2), (5, 0.5, 2), (10, 0.75, 7)]
+)
+def test_img2img_runs_the_last_int_steps_times_strength_steps(
+    demo_models: ModelSet, sampler: Sampler, steps: int, strength: float, run_steps: int
+) -> None:
+    source = torch.zeros(1, *LATENT_SHAPE)
+    reported: list[tuple[int, int]] = []
+    spy = _SpyUNet(demo_models.base.unet)
+    _run(
+        demo_models,
+        unet=spy,
+        sampler=sampler,
+        latents=source,
+        steps=steps,
+        strength=strength,
+        on_step=lambda step, total, latents: reported.append((step, total)),
+    )
+    assert reported == [(step, run_steps) for step in range(1, run_steps + 1)]
+    assert len(spy.batches) == run_steps
+
+
+def test_img2img_at_strength_1_runs_every_step(demo_models: ModelSet) -> None:
+    reported: list[int] = []
+    _run(
+        demo_models,
+        latents=torch.zeros(1, *LATENT_SHAPE),
+        strength=1.0,
+        on_step=lambda step, total, latents: reported.append(total),
+    )
+    assert reported == [4] * 4
+
+
+def test_img2img_at_strength_0_returns_the_source_without_running_the_unet(
+    demo_models: ModelSet,
+) -> None:
+    source = torch.randn(1, *LATENT_SHAPE, generator=torch.Generator().manual_seed(1))
+    kept = source.clone()
+    spy = _SpyUNet(demo_models.base.unet)
+    steps: list[int] = []
+    result = _run(
+        demo_models,
+        unet=spy,
+        latents=source,
+        strength=0.0,
+        on_step=lambda step, total, latents: steps.append(step),
+    )
+    assert torch.equal(result, kept)
+    assert (spy.batches, steps) == ([], [])
+
+
+@pytest.mark.parametrize(("cfg_scale", "batch"), [(7.0, 2), (1.0, 1)])
+def test_guidance_1_skips_the_negative_pass(
+    demo_models: ModelSet, cfg_scale: float, batch: int
+) -> None:
+    spy = _SpyUNet(demo_models.base.unet)
+    _run(demo_models, unet=spy, cfg_scale=cfg_scale)
+    assert spy.batches == [(batch, batch)] * 4
+
+
+def test_guidance_1_ignores_the_negative_prompt(demo_models: ModelSet) -> None:
+    other_uncond, _ = encode_text(demo_models, ["a pear"], ["x"])
+    plain = _run(demo_models, cfg_scale=1.0)
+    assert torch.equal(plain, _run(demo_models, cfg_scale=1.0, uncond_context=other_uncond))
+    assert not torch.equal(_run(demo_models), _run(demo_models, uncond_context=other_uncond))

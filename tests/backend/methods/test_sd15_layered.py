@@ -1,0 +1,165 @@
+"""SD1.5 joint, fg→bg and bg→fg end to end on the demo set: layers, sizes, alpha, any N."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.errors import InvalidRequest
+from backend.methods import sd15_frames
+from backend.methods.registry import run_method
+from backend.methods.request import GenerationRequest
+from backend.model_set import ModelSet
+from protocol import METHOD_SPECS, LayerRole, Method
+
+FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+
+
+def layer(height: int, width: int, colour: tuple[int, int, int], alpha_box: bool) -> np.ndarray:
+    image = np.zeros((height, width, 4), dtype=np.uint8)
+    image[..., :3] = colour
+    if alpha_box:
+        image[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4, 3] = 255
+    else:
+        image[..., 3] = 255
+    return image
+
+
+INPUTS = {
+    Method.SD15_JOINT: {},
+    Method.SD15_FG_TO_BG: {FG: layer(96, 64, (220, 40, 20), alpha_box=True)},
+    Method.SD15_BG_TO_FG: {BG: layer(96, 64, (20, 90, 200), alpha_box=False)},
+}
+
+
+def request_for(method: Method, **options: object) -> GenerationRequest:
+    fields: dict[str, object] = {
+        "method": method,
+        "prompt": "a cat on a sofa",
+        "negative_prompt": "bad, ugly",
+        "inputs": INPUTS[method],
+        "width": 80,
+        "height": 112,
+        "steps": 2,
+        "seed": 5,
+    }
+    fields.update(options)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", list(INPUTS))
+def test_each_method_returns_its_layers_at_the_requested_size(
+    method: Method, demo_models: ModelSet
+) -> None:
+    result = run_method(request_for(method), demo_models)
+    (layers,) = result.images
+    assert set(layers) == set(METHOD_SPECS[method].outputs)
+    assert result.generation_size == (64, 128)
+    for role, image in layers.items():
+        assert image.shape == (112, 80, 4) and image.dtype == np.uint8, role
+        alpha = image[..., 3]
+        if role == FG:  # alpha where it belongs: decoded by the transparent decoder
+            assert alpha.min() < 255 and alpha.max() > 0 and len(np.unique(alpha)) > 8
+        else:
+            assert (alpha == 255).all()
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_any_number_of_results_works(count: int, demo_models: ModelSet) -> None:
+    request = request_for(Method.SD15_JOINT, batch_size=count, width=64, height=64)
+    result = run_method(request, demo_models)
+    assert len(result.images) == count
+    # Rows are results × 3 frames with consecutive seeds, as A1111 seeds a batch of 3N.
+    assert result.seeds == [5 + 3 * i for i in range(count)]
+    assert all(set(images) == {FG, BG, BLEND} for images in result.images)
+
+
+def test_batch_count_continues_the_seeds(demo_models: ModelSet) -> None:
+    request = request_for(Method.SD15_FG_TO_BG, batch_size=2, batch_count=2, width=64, height=64)
+    assert run_method(request, demo_models).seeds == [5, 7, 9, 11]
+
+
+def test_layer_prompts_replace_only_the_positive_context_per_frame(
+    demo_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[list[str], list[str]]] = []
+    encode = sd15_frames.encode_text
+
+    def spy(models: ModelSet, prompts: list[str], negatives: list[str]):
+        seen.append((prompts, negatives))
+        return encode(models, prompts, negatives)
+
+    monkeypatch.setattr(sd15_frames, "encode_text", spy)
+    request = request_for(
+        Method.SD15_JOINT,
+        prompt="high quality",
+        layer_prompts={FG: "apple", BLEND: "apple on a table"},
+        batch_size=2,
+        width=64,
+        height=64,
+    )
+    run_method(request, demo_models)
+    ((prompts, negatives),) = seen
+    frames = ["apple, high quality", "high quality", "apple on a table, high quality"]
+    assert prompts == frames * 2  # interleaved: fg, bg, blend of result 0, then result 1
+    assert negatives == ["bad, ugly"] * 6
+
+
+def test_a_layer_prompt_changes_that_layer(demo_models: ModelSet) -> None:
+    plain = run_method(request_for(Method.SD15_JOINT, width=64, height=64), demo_models)
+    prompted = run_method(
+        request_for(Method.SD15_JOINT, width=64, height=64, layer_prompts={FG: "a red apple"}),
+        demo_models,
+    )
+    assert not np.array_equal(plain.images[0][FG], prompted.images[0][FG])
+
+
+def test_the_control_image_steers_the_result(demo_models: ModelSet) -> None:
+    red = run_method(request_for(Method.SD15_FG_TO_BG), demo_models).images[0][BG]
+    other = {FG: layer(96, 64, (10, 200, 30), alpha_box=False)}
+    green = run_method(request_for(Method.SD15_FG_TO_BG, inputs=other), demo_models).images[0][BG]
+    assert not np.array_equal(red, green)
+
+
+def test_stop_at_zero_differs_from_the_full_layer_model(demo_models: ModelSet) -> None:
+    full = run_method(request_for(Method.SD15_BG_TO_FG), demo_models).images[0][BLEND]
+    never = run_method(request_for(Method.SD15_BG_TO_FG, ending_step=0.0), demo_models)
+    assert not np.array_equal(full, never.images[0][BLEND])
+
+
+def test_same_seed_reproduces(demo_models: ModelSet) -> None:
+    first = run_method(request_for(Method.SD15_BG_TO_FG), demo_models).images[0]
+    second = run_method(request_for(Method.SD15_BG_TO_FG), demo_models).images[0]
+    assert all(np.array_equal(first[role], second[role]) for role in first)
+
+
+def test_the_unet_is_left_as_found(demo_models: ModelSet) -> None:
+    before = dict(demo_models.base.unet.attn_processors)
+    run_method(request_for(Method.SD15_FG_TO_BG), demo_models)
+    assert demo_models.base.unet.attn_processors == before
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        (Method.SD15_FG_TO_BG, "inputs: sd15_fg2bg needs a foreground layer"),
+        (Method.SD15_BG_TO_FG, "inputs: sd15_bg2fg needs a background layer"),
+    ],
+)
+def test_a_missing_condition_layer_is_refused(
+    method: Method, message: str, demo_models: ModelSet
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        run_method(request_for(method, inputs={}), demo_models)
+    assert str(caught.value) == message
+
+
+def test_control_image_is_composited_on_gray_and_fitted() -> None:
+    request = request_for(Method.SD15_FG_TO_BG)
+    image = sd15_frames.control_image(request, FG, 64, 128)
+    assert image.shape == (1, 3, 128, 64) and image.dtype == torch.float32
+    # Transparent pixels become 50 % gray, as the original's rgba2rgbfp32 makes them.
+    assert torch.allclose(image[0, :, 0, 0], torch.full((3,), 0.5))
+    centre = image[0, :, 64, 32]
+    assert torch.allclose(centre, torch.tensor([220, 40, 20]) / 255.0, atol=1e-6)
