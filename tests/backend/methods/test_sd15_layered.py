@@ -11,7 +11,7 @@ from backend.methods import sd15_frames
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
 from backend.model_set import ModelSet
-from protocol import METHOD_SPECS, LayerRole, Method
+from protocol import METHOD_SPECS, LayerRole, Method, Sampler
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 
@@ -163,3 +163,11 @@ def test_control_image_is_composited_on_gray_and_fitted() -> None:
     assert torch.allclose(image[0, :, 0, 0], torch.full((3,), 0.5))
     centre = image[0, :, 64, 32]
     assert torch.allclose(centre, torch.tensor([220, 40, 20]) / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", list(Sampler))
+def test_every_sampler_runs_the_layer_methods(sampler: Sampler, demo_models: ModelSet) -> None:
+    request = request_for(Method.SD15_BG_TO_FG, sampler=sampler, width=64, height=64)
+    layers = run_method(request, demo_models).images[0]
+    assert set(layers) == {FG, BLEND}
+    assert all(image.shape == (64, 64, 4) for image in layers.values())

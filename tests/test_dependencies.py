@@ -1,0 +1,126 @@
+"""Dependencies point one way (krita_plugin → protocol ← backend), read from the code with ast.
+
+Each part may import only what the table below allows; a new edge must be added here on
+purpose, with the design reason, not slip in.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+# module prefix → the first-party modules and third-party packages it may import
+ALLOWED: dict[str, set[str]] = {
+    "protocol": {"protocol"},
+    "backend.errors": {"protocol"},
+    "backend.layerdiffuse": {"backend.layerdiffuse", "torch", "diffusers", "safetensors", "numpy"},
+    "backend.model_set": {"backend.layerdiffuse", "protocol", "torch", "diffusers", "transformers"},
+    "backend.methods": {
+        "backend.methods",
+        "backend.layerdiffuse",
+        "backend.model_set",
+        "backend.errors",
+        "protocol",
+        "torch",
+        "diffusers",
+        "transformers",
+        "numpy",
+        "PIL",
+    },
+    "backend.store": {
+        "backend.store",
+        "backend.layerdiffuse",
+        "backend.model_set",
+        "backend.errors",
+        "protocol",
+        "torch",
+        "diffusers",
+        "transformers",
+        "safetensors",
+        "huggingface_hub",
+        "numpy",
+    },
+    "backend.bench": {
+        "backend.methods",
+        "backend.store",
+        "backend.model_set",
+        "backend.layerdiffuse",
+        "protocol",
+        "torch",
+        "diffusers",
+        "transformers",
+        "numpy",
+    },
+}
+TOP_LEVEL = {"backend.cli", "backend.__main__", "backend"}  # may import anything of ours
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of everything a module imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join(base)
+                target = f"{prefix}.{node.module}" if node.module else prefix
+                names.add(target)
+            elif node.module:
+                names.add(node.module)
+    return names
+
+
+def allowed(importer: str, imported: str) -> bool:
+    if imported.split(".")[0] in STDLIB:
+        return True
+    rule = next(
+        (
+            ALLOWED[prefix]
+            for prefix in sorted(ALLOWED, key=len, reverse=True)
+            if importer == prefix or importer.startswith(prefix + ".")
+        ),
+        None,
+    )
+    if rule is None:
+        return importer in TOP_LEVEL
+    return any(imported == name or imported.startswith(name + ".") for name in rule)
+
+
+SOURCES = sorted(
+    path for part in ("protocol", "backend", "krita_plugin") for path in (ROOT / part).rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_dependency_table(path: Path) -> None:
+    importer = module_name(path)
+    bad = sorted(name for name in imports_of(path) if not allowed(importer, name))
+    assert bad == [], f"{importer} imports {bad}"
+
+
+def test_the_checker_catches_a_reversed_edge() -> None:
+    assert not allowed("backend.layerdiffuse.alpha", "backend.store.download")
+    assert not allowed("backend.methods.stages", "backend.store.demo")
+    assert not allowed("protocol.methods", "backend.errors")
+    assert not allowed("protocol.methods", "numpy")
+    assert allowed("backend.store.demo", "backend.layerdiffuse")
