@@ -1,0 +1,60 @@
+"""The protocol version and the rule for talking to a peer of another version.
+
+Versions are `(major, minor)`. Peers of different major versions cannot talk: the one
+that notices sends `unsupported_version` and the server closes. Within a major version
+a newer minor may add fields; the older side ignores fields it does not know from a
+newer peer, and refuses them (`invalid_field`) from a peer of its own or an older minor.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidField, UnsupportedVersion, describe
+
+__all__ = ["PROTOCOL_VERSION", "check_compatible", "is_newer_minor"]
+
+PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+"""The version this package speaks, `(major, minor)`."""
+
+
+def check_compatible(peer: tuple[int, int]) -> None:
+    """Check that a peer's version can talk to ours.
+
+    Args:
+        peer: the peer's `(major, minor)`, from its `hello` or `welcome`.
+
+    Raises:
+        InvalidField: `peer` is not two non-negative integers.
+        UnsupportedVersion: the major versions differ.
+    """
+    major, minor = _split(peer)
+    if major != PROTOCOL_VERSION[0]:
+        ours = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+        raise UnsupportedVersion(
+            f"protocol version {major}.{minor} is not supported, this side speaks {ours}"
+        )
+
+
+def is_newer_minor(peer: tuple[int, int]) -> bool:
+    """Whether a compatible peer has a newer minor version (its unknown fields are ignored).
+
+    Args:
+        peer: the peer's `(major, minor)`.
+
+    Returns:
+        True when the majors match and the peer's minor is above ours.
+
+    Raises:
+        InvalidField: `peer` is not two non-negative integers.
+    """
+    major, minor = _split(peer)
+    return major == PROTOCOL_VERSION[0] and minor > PROTOCOL_VERSION[1]
+
+
+def _split(peer: object) -> tuple[int, int]:
+    if (
+        isinstance(peer, (tuple, list))
+        and len(peer) == 2
+        and all(type(part) is int and part >= 0 for part in peer)
+    ):
+        return peer[0], peer[1]
+    raise InvalidField(f"protocol: expected [major, minor], got {describe(peer)}")
