@@ -25,27 +25,53 @@ from .attention_sharing import (
 )
 from .group_norm import group_norm_by_reduction, use_reduction_group_norm
 from .released_weights import load_safetensors, load_transparent_decoder, load_transparent_encoder
+from .sdxl_keys import (
+    DiffPatch,
+    LoRAPatch,
+    SDXLUNetLayout,
+    diffusers_to_ldm_name,
+    ldm_name_table,
+    parse_frozen_patches,
+    read_unet_layout,
+)
 from .transparent_vae_decoder import TTA_VIEWS, TransparentVAEDecoder
 from .transparent_vae_encoder import TransparentVAEEncoder
+from .weight_patches import (
+    ConcatConvIn,
+    SDXLLayerHandle,
+    SDXLLayerKind,
+    attach_sdxl_layer_model,
+)
 
 __all__ = [
     "SD15_ATTENTION_UNITS",
     "TTA_VIEWS",
+    "ConcatConvIn",
+    "DiffPatch",
     "LayerModelLayout",
+    "LoRAPatch",
     "SD15LayerHandle",
+    "SDXLLayerHandle",
+    "SDXLLayerKind",
+    "SDXLUNetLayout",
     "TransparentVAEDecoder",
     "TransparentVAEEncoder",
     "attach_sd15_layer_model",
+    "attach_sdxl_layer_model",
     "build_sd15_layer_model",
     "checkerboard",
     "checkerboard_preview",
     "decoder_output_to_rgba",
+    "diffusers_to_ldm_name",
     "encoder_input",
     "group_norm_by_reduction",
+    "ldm_name_table",
     "load_safetensors",
     "load_transparent_decoder",
     "load_transparent_encoder",
     "pad_rgb",
+    "parse_frozen_patches",
     "read_layout",
+    "read_unet_layout",
     "use_reduction_group_norm",
 ]
