@@ -37,6 +37,7 @@ from .methods.request import GenerationRequest
 from .model_set import BaseModel, ModelSet
 from .store.configs import config_path
 from .store.tokenizer import clip_tokenizer
+from .transport_bench import bench_transport
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Timing:
     peak_mib: float | None = None
     baseline: str | None = None  # the variant this one is compared with
     ratio: float | None = None  # baseline time / this time (> 1 is faster)
+    megabytes_per_second: float | None = None  # for transport stages
 
 
 @dataclass
@@ -77,6 +79,8 @@ class BenchReport:
         for t in self.timings:
             peak = f"{t.peak_mib:9.0f}" if t.peak_mib is not None else " " * 9
             ratio = f"{t.ratio:6.2f}× vs {t.baseline}" if t.ratio is not None else ""
+            if t.megabytes_per_second is not None:
+                ratio = f"{t.megabytes_per_second:7.0f} MB/s  {ratio}"
             lines.append(f"{t.stage:<22} {t.variant:<40} {t.milliseconds:10.2f} {peak} {ratio}")
         return "\n".join(lines)
 
@@ -324,6 +328,17 @@ def bench_sd15_methods(
         report.add(Timing("SD1.5 step", name, statistics.median(steps_ms), peak))
 
 
+def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
+    """A side² RGBA layer there and back over loopback websockets: raw against PNG."""
+    stage = f"transport {side}² layer"
+    baseline = None
+    for variant, milliseconds, throughput in reversed(bench_transport(side, repeat)):
+        timing = Timing(stage, f"round trip, {variant}", milliseconds, None, baseline)
+        timing.megabytes_per_second = throughput
+        report.add(timing)
+        baseline = timing.variant
+
+
 def run_bench(
     *,
     device: str | None = None,
@@ -340,21 +355,24 @@ def run_bench(
         size: image side in pixels; None: 1024 on CUDA, 128 on the CPU.
         repeat: timed runs per variant (the median is reported).
         stages: which groups to run: "decoder" (transparent decode), "sd15" (text, UNet,
-            VAE per call), "methods" (each SD1.5 method end to end); None: all on CUDA,
-            the decoder alone on a CPU (real-size SD1.5 on a CPU takes minutes).
+            VAE per call), "methods" (each SD1.5 method end to end), "transport" (a 4096²
+            layer over loopback, raw vs PNG); None: all on CUDA, the decoder and the
+            transport on a CPU (real-size SD1.5 on a CPU takes minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
     side = size or (1024 if cuda else 128)
     if stages is None:
-        stages = ("decoder", "sd15", "methods") if cuda else ("decoder",)
+        stages = ("decoder", "sd15", "methods", "transport") if cuda else ("decoder", "transport")
     name = torch.cuda.get_device_name(target) if cuda else "cpu"
     report = BenchReport(name, str(torch_dtype).removeprefix("torch."), side, torch.__version__)
     if "decoder" in stages:
         bench_transparent_decoder(report, target, torch_dtype, side, repeat)
     if "sd15" in stages:
         bench_sd15(report, target, torch_dtype, min(side, 512) if not cuda else 512, repeat)
+    if "transport" in stages:
+        bench_transport_stage(report, repeat)
     if "methods" in stages:
         if cuda:
             bench_sd15_methods(report, target, torch_dtype, repeat)

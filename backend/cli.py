@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from protocol import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
 
+from .config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENVIRONMENT, ServerConfig
 from .errors import BackendError, InvalidRequest, ModelError
 
 if TYPE_CHECKING:
@@ -119,6 +120,31 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", "-o", type=Path, default=Path("outputs"))
     generate.set_defaults(command=_generate)
 
+    server = commands.add_parser(
+        "serve",
+        help="run the websocket backend the Krita plugin talks to",
+        description="Serve generation jobs over a websocket (docs/protocol.md). Binds "
+        "127.0.0.1 by default; any other address needs a token.",
+    )
+    _add_model_options(server)
+    server.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+    )
+    server.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
+    )
+    server.add_argument(
+        "--token", help=f"secret clients must send (default: ${TOKEN_ENVIRONMENT} if set)"
+    )
+    server.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed to connect (browsers are refused otherwise)",
+    )
+    server.set_defaults(command=_serve)
+
     models = commands.add_parser("models", help="list, download or verify the LayerDiffuse files")
     # The options belong to each action, so they go after it: `models list --offline`.
     store_options = argparse.ArgumentParser(add_help=False)
@@ -155,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--stages",
         default=None,
-        help="comma-separated: decoder, sd15, methods (default: all on CUDA, decoder on a CPU)",
+        help="comma-separated: decoder, sd15, methods, transport "
+        "(default: all on CUDA; decoder and transport on a CPU)",
     )
     bench.add_argument("--json", type=Path, help="also write the report as JSON")
     bench.set_defaults(command=_bench)
@@ -209,6 +236,71 @@ def _generate(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     _say(f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .server.serve import run_server
+    from .store.model_sets import open_model_set
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allowed_origins=tuple(args.allow_origin),
+        demo=args.demo,
+        base=None if args.demo else (args.base or DEFAULT_SD15_BASE),
+        models_dir=args.models_dir,
+        offline=args.offline,
+        device=args.device,
+        dtype=args.dtype,
+    ).with_environment()
+    try:
+        config.check()
+    except ValueError as error:
+        _say(f"error: {error}")
+        return EXIT_NO_START
+    _quiet_libraries()
+    models = open_model_set(
+        base=config.base,
+        demo=config.demo,
+        models_dir=config.models_dir,
+        offline=config.offline,
+        device=config.device,
+        dtype=config.dtype,
+    )
+    if models.is_demo:
+        _say("serving the demo model set: tiny random models, so the pictures are noise")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:  # a second Ctrl-C does not wait for the running job
+                raise SystemExit(EXIT_FAILED)
+            _say("stopping: dropping queued jobs, interrupting the running one")
+            stop.set()
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, on_signal)
+
+        def listening(port: int) -> None:
+            print(f"listening on ws://{config.host}:{port}", flush=True)
+
+        await run_server(config, models, stop, listening)
+
+    try:
+        asyncio.run(main())
+    except OSError as error:
+        _say(f"error: cannot listen on {config.host}:{config.port}: {error.strerror or error}")
+        return EXIT_NO_START
     return EXIT_OK
 
 
@@ -408,10 +500,11 @@ def _bench(args: argparse.Namespace) -> int:
     stages = None
     if args.stages is not None:
         stages = tuple(stage.strip() for stage in args.stages.split(",") if stage.strip())
-    unknown = set(stages or ()) - {"decoder", "sd15", "methods"}
+    known = ("decoder", "sd15", "methods", "transport")
+    unknown = set(stages or ()) - set(known)
     if unknown:
         raise InvalidRequest(
-            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: decoder, sd15, methods"
+            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: {', '.join(known)}"
         )
     report = run_bench(
         device=args.device, dtype=args.dtype, size=args.size, repeat=args.repeat, stages=stages

@@ -9,9 +9,14 @@
     └── Cancelled             the job was cancelled while it ran
 
 Messages are lowercase, without a final period, and name the value at fault.
+`to_wire_error` is the one place these become the wire's `{code, message}`.
 """
 
 from __future__ import annotations
+
+from protocol import ErrorCode, ErrorInfo
+
+INTERNAL_ERROR_TEXT = "internal error: the server log has the details"
 
 
 class BackendError(Exception):
@@ -44,3 +49,19 @@ class UnsupportedModel(ModelError):
 
 class Cancelled(BackendError):
     """The job was cancelled; nothing it produced is kept."""
+
+
+def to_wire_error(error: BaseException | None) -> ErrorInfo:
+    """The `{code, message}` a client sees for an exception.
+
+    Deliberate errors keep their message; anything unexpected becomes `internal_error`
+    with a fixed text (the traceback goes to the server log only: it may hold paths or
+    data the client should not see).
+    """
+    if isinstance(error, InvalidRequest):
+        return ErrorInfo(ErrorCode.INVALID_REQUEST, str(error))
+    if isinstance(error, ModelError):
+        return ErrorInfo(ErrorCode.MODEL_UNAVAILABLE, str(error))
+    if isinstance(error, Cancelled):
+        return ErrorInfo(ErrorCode.INTERNAL_ERROR, "the job was cancelled")
+    return ErrorInfo(ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_TEXT)

@@ -46,7 +46,31 @@ ALLOWED: dict[str, set[str]] = {
         "huggingface_hub",
         "numpy",
     },
+    "backend.config": {"protocol"},
+    "backend.jobs": {
+        "backend.jobs",
+        "backend.methods",
+        "backend.model_set",
+        "backend.config",
+        "backend.errors",
+        "protocol",
+        "torch",
+        "numpy",
+        "PIL",
+    },
+    # The server never touches torch: it reaches the GPU only through backend.jobs.
+    "backend.server": {
+        "backend.server",
+        "backend.jobs",
+        "backend.config",
+        "backend.errors",
+        "backend.model_set",  # for type annotations only
+        "protocol",
+        "websockets",
+    },
+    "backend.transport_bench": {"protocol", "websockets", "numpy", "PIL"},
     "backend.bench": {
+        "backend.transport_bench",
         "backend.methods",
         "backend.store",
         "backend.model_set",

@@ -1,0 +1,64 @@
+"""A received `submit` → a validated `Job` (wire parameters and pixels → the methods' request)."""
+
+from __future__ import annotations
+
+from protocol import METHOD_SPECS, JobSubmitted, Method
+from protocol import InvalidRequest as WireInvalidRequest
+
+from ..errors import InvalidRequest
+from ..methods.registry import available_methods, check_request
+from ..methods.request import GenerationRequest
+from ..model_set import ModelSet
+from .job import Job
+from .pixels import decode_image
+
+
+def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> Job:
+    """Decode the input images and check the request against the method and the model.
+
+    Runs off the event loop (PNG decoding of a big layer takes a while).
+
+    Raises:
+        protocol.InvalidRequest: the parameters do not fit the method or the model
+            (carries the job id).
+        protocol.BadImage: an input image does not decode.
+    """
+    submit = event.submit
+    parameters = submit.request
+    inputs = {role: decode_image(ref, bytes(data)) for role, (ref, data) in event.images.items()}
+    request = GenerationRequest(
+        method=parameters.method,
+        prompt=parameters.prompt,
+        negative_prompt=parameters.negative_prompt,
+        layer_prompts=dict(parameters.layer_prompts),
+        inputs=inputs,
+        width=parameters.width,
+        height=parameters.height,
+        fit_to_native=parameters.fit_to_native,
+        resize_mode=parameters.resize_mode,
+        seed=parameters.seed,
+        steps=parameters.steps,
+        cfg_scale=parameters.cfg_scale,
+        sampler=parameters.sampler,
+        batch_size=parameters.batch_size,
+        batch_count=parameters.batch_count,
+        weight=parameters.weight,
+        ending_step=parameters.ending_step,
+        denoise_strength=parameters.denoise_strength,
+    )
+    try:
+        check_request(request, models)
+    except InvalidRequest as error:
+        raise WireInvalidRequest(str(error), job=submit.job) from error
+    return Job(
+        id=submit.job,
+        session_id=session_id,
+        request=request,
+        result_format=submit.result_format,
+        previews=submit.previews,
+    )
+
+
+def runnable_methods(models: ModelSet) -> tuple[Method, ...]:
+    """The methods this backend runs with the loaded model's family (for `welcome`)."""
+    return tuple(m for m in available_methods() if METHOD_SPECS[m].family == models.family)

@@ -1,0 +1,166 @@
+"""The websocket server: bind, admit connections safely, serve, shut down cleanly.
+
+Admission happens in the HTTP handshake, before any websocket frame: a token (when
+configured) must match in constant time (401 otherwise), a browser `Origin` is refused
+unless allowed (403), and the number of connections is bounded (503). Compression is
+off: permessage-deflate costs ~0.5 s per 16 MiB layer (performance.md §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import Server as WebsocketServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from protocol import (
+    PROTOCOL_VERSION,
+    Capabilities,
+    Limits,
+    ModelInfo,
+    PixelFormat,
+    ResizeMode,
+    Sampler,
+    Welcome,
+)
+
+from ..config import ServerConfig
+from ..jobs.queue import JobQueue
+from ..jobs.requests import runnable_methods
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from ..model_set import ModelSet
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "krita-layerdiffuse/0.1.0"
+# Frames up to twice the limits reach the protocol, which refuses what is over them
+# with an error and carries on; only frames beyond that are cut off by websockets
+# (close code 1009), so a hostile peer cannot make the server buffer more.
+FRAME_SIZE_TOLERANCE = 2
+
+
+class LayerDiffuseServer:
+    """Owns the job queue and the websocket server of one `layerdiffuse serve`.
+
+    Args:
+        config: bind address, token, origins, limits, timeouts.
+        models: the loaded model set (the GPU worker's from now on).
+    """
+
+    def __init__(self, config: ServerConfig, models: ModelSet) -> None:
+        self.config = config
+        self.models = models
+        self.queue: JobQueue | None = None
+        self._server: WebsocketServer | None = None
+        self._connections: set[Connection] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    def welcome(self) -> Welcome:
+        family = self.models.family
+        return Welcome(
+            protocol=PROTOCOL_VERSION,
+            server=SERVER_NAME,
+            session="",
+            model=ModelInfo(self.models.base.name, family, self.models.is_demo),
+            capabilities=Capabilities(
+                methods=runnable_methods(self.models),
+                families=(family,),
+                samplers=tuple(Sampler),
+                resize_modes=tuple(ResizeMode),
+                formats=tuple(PixelFormat),
+            ),
+            limits=self.config.limits,
+        )
+
+    async def start(self) -> None:
+        """Start the GPU worker and listen."""
+        config = self.config
+        limits: Limits = config.limits
+        self.queue = JobQueue(
+            self.models,
+            asyncio.get_running_loop(),
+            max_queued_jobs=limits.max_queued_jobs,
+            retention_seconds=config.retention_seconds,
+            preview_side=config.preview_side,
+        )
+        self.queue.start()
+        self._server = await serve(
+            self._handle,
+            config.host,
+            config.port,
+            compression=None,
+            origins=[None, *config.allowed_origins],
+            process_request=self._admit,
+            max_size=FRAME_SIZE_TOLERANCE * max(limits.max_text_bytes, limits.max_chunk_bytes),
+            max_queue=64,
+            ping_interval=config.ping_interval_seconds,
+            ping_timeout=config.ping_interval_seconds,
+        )
+        log.info("listening on ws://%s:%d", config.host, self.port)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, drop queued jobs, interrupt the running one, close connections."""
+        if self._server is not None:
+            self._server.close()
+        if self.queue is not None:
+            await asyncio.to_thread(self.queue.stop, timeout)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        token = self.config.token
+        if token:
+            sent = request.headers.get("Authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(sent.encode(), expected.encode()):
+                log.warning("refused a connection without the right token")
+                return _respond(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong token")
+        if len(self._connections) >= self.config.max_connections:
+            return _respond(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
+        return None
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        assert self.queue is not None
+        connection = Connection(
+            websocket, self.queue, self.welcome(), self.config.upload_timeout_seconds
+        )
+        self._connections.add(connection)
+        log.info("%s connected", connection.name)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+
+
+def _respond(connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+    return connection.respond(status, text + "\n")
+
+
+async def run_server(
+    config: ServerConfig,
+    models: ModelSet,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until `stop` is set; `on_listening(port)` once bound."""
+    server = LayerDiffuseServer(config, models)
+    await server.start()
+    if on_listening is not None:
+        on_listening(server.port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
