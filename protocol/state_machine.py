@@ -135,6 +135,24 @@ class ServerProtocol:
         """Jobs of this connection that have not ended (receiving, queued or running)."""
         return frozenset(self._receiving) | self._unaccepted | self._accepted
 
+    @property
+    def receiving_jobs(self) -> frozenset[str]:
+        """Submits whose input images are still arriving."""
+        return frozenset(self._receiving)
+
+    def abandon(self, job: str) -> bool:
+        """Drop a submit whose input images are still arriving (an upload that timed out).
+
+        The caller tells the client, e.g. with `send_error(ErrorCode.BAD_IMAGE, …, job)`.
+
+        Returns:
+            True if the job was receiving and is now dropped.
+        """
+        if job not in self._receiving:
+            return False
+        self._drop(job)
+        return True
+
     def receive_text(self, text: str | bytes) -> list[ServerEvent]:
         """Take one text frame.
 

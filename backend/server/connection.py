@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from protocol import (
     CancelRequested,
+    ErrorCode,
     HelloReceived,
     JobStatus,
     JobSubmitted,
@@ -93,7 +94,12 @@ class Connection:
         """Handle one frame; False when the connection must close."""
         try:
             if isinstance(message, str):
+                receiving = self.protocol.receiving_jobs
                 events = self.protocol.receive_text(message)
+                for job in self.protocol.receiving_jobs - receiving:
+                    asyncio.get_running_loop().call_later(
+                        self.upload_timeout, self._upload_expired, job
+                    )
             else:
                 events = self.protocol.receive_binary(message)
             for event in events:
@@ -130,6 +136,13 @@ class Connection:
                 self.queue.cancel(self.session, event.job)
             else:  # its images were still arriving: the protocol dropped it
                 self._send(self.protocol.send_done(event.job, JobStatus.CANCELLED))
+
+    def _upload_expired(self, job: str) -> None:
+        if self.protocol.abandon(job):
+            message = (
+                f"the input images of job {job} did not arrive within {self.upload_timeout:g} s"
+            )
+            self._send(self.protocol.send_error(ErrorCode.BAD_IMAGE, message, job))
 
     def _welcome(self, session_id: str) -> Welcome:
         template = self.welcome

@@ -61,6 +61,7 @@ class LayerDiffuseServer:
         self.queue: JobQueue | None = None
         self._server: WebsocketServer | None = None
         self._connections: set[Connection] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -109,16 +110,27 @@ class LayerDiffuseServer:
             ping_interval=config.ping_interval_seconds,
             ping_timeout=config.ping_interval_seconds,
         )
+        self._housekeeping = asyncio.create_task(self._expire_sessions())
         log.info("listening on ws://%s:%d", config.host, self.port)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, drop queued jobs, interrupt the running one, close connections."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self._server is not None:
             self._server.close()
         if self.queue is not None:
             await asyncio.to_thread(self.queue.stop, timeout)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _expire_sessions(self) -> None:
+        """Forget sessions whose client stayed away past the retention window."""
+        assert self.queue is not None
+        period = max(1.0, min(60.0, self.config.retention_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.queue.expire_sessions()
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         token = self.config.token

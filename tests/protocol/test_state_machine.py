@@ -244,6 +244,23 @@ def test_cancel_of_a_job_whose_images_are_arriving_drops_it() -> None:
     assert client.unfinished_jobs == frozenset()
 
 
+def test_an_upload_that_stalls_can_be_abandoned() -> None:
+    """The server drops a submit whose images stopped arriving; its later frames are refused."""
+    client, server = connect()
+    frames = client.send_submit(*fg2bg())
+    pump(frames[:2], server)
+    assert server.receiving_jobs == frozenset({"j1"})
+    assert server.abandon("j1") is True
+    assert server.abandon("j1") is False
+    assert server.receiving_jobs == server.unfinished_jobs == frozenset()
+    with pytest.raises(BadImage, match=r"^image 'j1/foreground' was not announced$"):
+        server.receive_binary(frames[2])
+    assert pump(server.send_error(ErrorCode.BAD_IMAGE, "upload timed out", "j1"), client) == [
+        ErrorReceived(Error(ErrorCode.BAD_IMAGE, "upload timed out", "j1"))
+    ]
+    assert client.unfinished_jobs == frozenset()
+
+
 def test_cancel_of_a_queued_job_is_for_the_application() -> None:
     """A job handed over is cancelled by the application's queue."""
     client, server = connect()

@@ -316,3 +316,54 @@ def test_a_half_open_connection_is_closed_by_keepalive(with_server) -> None:
             await client.hello()
 
     with_server(scenario, ping_interval_seconds=0.5)
+
+
+def test_an_upload_that_never_completes_is_dropped_after_the_timeout(with_server) -> None:
+    async def scenario(server: RunningServer) -> None:
+        async with server.client() as client:
+            await client.hello()
+            announced = {
+                "type": "submit",
+                "job": "slow",
+                "request": {"method": "sd15_fg2bg"},
+                "inputs": [
+                    {
+                        "role": "foreground",
+                        "image": {
+                            "id": "slow/fg",
+                            "width": 64,
+                            "height": 64,
+                            "format": "bgra8",
+                            "size": 16384,
+                        },
+                    }
+                ],
+            }
+            await client.websocket.send(json.dumps(announced))
+            from protocol import pack_chunk
+
+            await client.websocket.send(pack_chunk("slow/fg", 0, b"\0" * 100))
+            error = await client.next_event(timeout=10)
+            assert isinstance(error, ErrorReceived)
+            assert (error.error.code, error.error.job) == (ErrorCode.BAD_IMAGE, "slow")
+            assert "did not arrive within 0.5 s" in error.error.message
+            # The rest of the image is now refused, and the connection works.
+            error = await _send_raw_and_read_error(client, pack_chunk("slow/fg", 100, b"\0" * 100))
+            assert error.error.code is ErrorCode.BAD_IMAGE
+            await client.submit("ok")
+            assert (await client.until_done("ok"))[-1].done.status is JobStatus.COMPLETED
+
+    with_server(scenario, upload_timeout_seconds=0.5)
+
+
+def test_sessions_of_clients_that_stay_away_expire(with_server) -> None:
+    async def scenario(server: RunningServer) -> None:
+        async with server.client() as client:
+            session = (await client.hello()).welcome.session
+        assert session in server.server.queue.sessions
+        await asyncio.sleep(1.5)  # retention 0.2 s; housekeeping runs every second
+        assert session not in server.server.queue.sessions
+        async with server.client() as client:
+            assert (await client.hello(session)).welcome.session != session
+
+    with_server(scenario, retention_seconds=0.2)
