@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
+from protocol import METHOD_SPECS, LayerRole, Method, ModelFamily, ResizeMode, Sampler
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENVIRONMENT, ServerConfig
 from .errors import BackendError, InvalidRequest, ModelError
@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from .store.download import ModelStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_START = 0, 1, 2, 3
-DEFAULT_SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_BASES = {
+    ModelFamily.SD15: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ModelFamily.SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
+}
 DEFAULT_NEGATIVE = "bad, ugly"
 
 log = logging.getLogger("backend.cli")
@@ -113,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--background", type=Path, help="background layer PNG (sd15_bg2fg's condition)"
     )
+    generate.add_argument(
+        "--blend", type=Path, help="blended image PNG (sdxl_fgble2bg / sdxl_bgble2fg condition)"
+    )
     generate.add_argument("--fg-prompt", default="", help="foreground layer prompt (SD1.5 layers)")
     generate.add_argument("--bg-prompt", default="", help="background layer prompt (SD1.5 layers)")
     generate.add_argument("--blend-prompt", default="", help="blended image prompt (SD1.5 layers)")
@@ -192,12 +198,17 @@ def _parser() -> argparse.ArgumentParser:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--demo", action="store_true", help="tiny random models, no download (pictures are noise)"
+        "--demo",
+        nargs="?",
+        const="auto",
+        choices=["auto", "sd15", "sdxl"],
+        help="tiny random models shaped like SD1.5 or SDXL, no download (pictures are "
+        "noise); the family defaults to the method's",
     )
     source.add_argument(
         "--base",
         help="base model: a diffusers folder, a hub repo id or a .safetensors checkpoint "
-        f"(default {DEFAULT_SD15_BASE})",
+        "(default: the SD1.5 or SDXL base model on the hub, by the method's family)",
     )
     parser.add_argument("--models-dir", type=Path, help="a folder with released LayerDiffuse files")
     parser.add_argument(
@@ -218,9 +229,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     started = time.perf_counter()
+    family = METHOD_SPECS[request.method].family
     models = open_model_set(
-        base=None if args.demo else (args.base or DEFAULT_SD15_BASE),
-        demo=args.demo,
+        base=None if args.demo else (args.base or DEFAULT_BASES[family]),
+        demo=args.demo is not None,
+        demo_family=family if args.demo in (None, "auto") else ModelFamily(args.demo),
         models_dir=args.models_dir,
         offline=args.offline,
         device=args.device,
@@ -251,8 +264,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
-        demo=args.demo,
-        base=None if args.demo else (args.base or DEFAULT_SD15_BASE),
+        demo=args.demo is not None,
+        demo_family=ModelFamily.SD15 if args.demo in (None, "auto") else ModelFamily(args.demo),
+        base=None if args.demo else (args.base or DEFAULT_BASES[ModelFamily.SD15]),
         models_dir=args.models_dir,
         offline=args.offline,
         device=args.device,
@@ -267,6 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
     models = open_model_set(
         base=config.base,
         demo=config.demo,
+        demo_family=config.demo_family,
         models_dir=config.models_dir,
         offline=config.offline,
         device=config.device,
@@ -316,6 +331,7 @@ def _request_from(args: argparse.Namespace) -> GenerationRequest:
         ("init", LayerRole.FOREGROUND, args.init),
         ("foreground", LayerRole.FOREGROUND, args.foreground),
         ("background", LayerRole.BACKGROUND, args.background),
+        ("blend", LayerRole.BLENDED, args.blend),
     ):
         if path is not None:
             inputs[role] = _read_rgba(option, path)

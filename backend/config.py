@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from protocol import DEFAULT_LIMITS, Limits
+from protocol import DEFAULT_LIMITS, Limits, ModelFamily
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8870
@@ -25,6 +25,7 @@ class ServerConfig:
             `LAYERDIFFUSE_TOKEN` when not given.
         allowed_origins: browser origins allowed to connect; none by default.
         demo: serve the tiny demo model set (no download; pictures are noise).
+        demo_family: which demo set, SD1.5- or SDXL-shaped.
         base: the base model (diffusers folder, hub repo id or .safetensors file).
         models_dir: a folder with released LayerDiffuse files.
         offline: never contact the hub; None follows `HF_HUB_OFFLINE`.
@@ -42,6 +43,7 @@ class ServerConfig:
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     demo: bool = False
+    demo_family: ModelFamily = ModelFamily.SD15
     base: str | None = None
     models_dir: Path | None = None
     offline: bool | None = None

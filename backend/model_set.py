@@ -101,23 +101,28 @@ class ModelSet:
     def family(self) -> ModelFamily:
         return self.base.family
 
-    def layer_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """A layer model file's tensors on the device in `dtype`, kept for reuse.
+    def layer_state_dict(self, name: str, on_device: bool = True) -> dict[str, torch.Tensor]:
+        """A layer model file's tensors, kept for reuse.
 
         The most recently used `cached_layer_files` files stay loaded, so repeated jobs
-        with one method do not read the file again.
+        with one method do not read the file again. With `on_device` they are on the
+        set's device in its dtype (SD1.5 attention sharing computes with them); without,
+        they stay in host memory as stored (SDXL patches are merged tensor by tensor
+        into new weights, so the raw file need not occupy GPU memory).
         """
-        cached = self._layer_files.get(name)
+        key = f"{name}@{'device' if on_device else 'host'}"
+        cached = self._layer_files.get(key)
         if cached is None:
             tensors = self.load_layer_file(name)
-            cached = {
-                key: value.to(device=self.device, dtype=self.dtype)
-                for key, value in tensors.items()
-            }
-            self._layer_files[name] = cached
+            if on_device:
+                tensors = {
+                    k: value.to(device=self.device, dtype=self.dtype)
+                    for k, value in tensors.items()
+                }
+            cached = self._layer_files[key] = tensors
             while len(self._layer_files) > self.cached_layer_files:
                 self._layer_files.popitem(last=False)
-        self._layer_files.move_to_end(name)
+        self._layer_files.move_to_end(key)
         return cached
 
     def transparent_decoder(self) -> TransparentVAEDecoder:

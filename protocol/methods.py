@@ -27,7 +27,8 @@ class LayerRole(str, Enum):
 
 
 class Method(str, Enum):
-    """The ten methods of the original extension (sd-forge-layerdiffuse)."""
+    """The ten methods of the original extension (sd-forge-layerdiffuse), and our two
+    one-click SDXL workflows that chain two of them (`sdxl_fg2bg`, `sdxl_bg2fg`)."""
 
     SD15_TRANSPARENT = "sd15_transparent"
     SD15_JOINT = "sd15_joint"
@@ -39,6 +40,8 @@ class Method(str, Enum):
     SDXL_FG_BLEND_TO_BG = "sdxl_fgble2bg"
     SDXL_BG_TO_BLEND = "sdxl_bg2ble"
     SDXL_BG_BLEND_TO_FG = "sdxl_bgble2fg"
+    SDXL_FG_TO_BG = "sdxl_fg2bg"
+    SDXL_BG_TO_FG = "sdxl_bg2fg"
 
 
 class Sampler(str, Enum):
@@ -194,5 +197,22 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         required_inputs=(_BG, _BLEND),
         optional_inputs=(),
         outputs=(_FG,),
+    ),
+    # One click: foreground → blending → background, and background → blending → foreground.
+    Method.SDXL_FG_TO_BG: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Foreground to Background (Blending, then Background)",
+        frames=1,
+        required_inputs=(_FG,),
+        optional_inputs=(),
+        outputs=(_BG, _BLEND),
+    ),
+    Method.SDXL_BG_TO_FG: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) From Background to Foreground (Blending, then Foreground)",
+        frames=1,
+        required_inputs=(_BG,),
+        optional_inputs=(),
+        outputs=(_FG, _BLEND),
     ),
 }

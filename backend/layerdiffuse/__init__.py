@@ -26,6 +26,7 @@ from .attention_sharing import (
 from .group_norm import group_norm_by_reduction, use_reduction_group_norm
 from .released_weights import load_safetensors, load_transparent_decoder, load_transparent_encoder
 from .sdxl_keys import (
+    RELEASED_SDXL_FILES,
     DiffPatch,
     LoRAPatch,
     SDXLUNetLayout,
@@ -33,6 +34,7 @@ from .sdxl_keys import (
     ldm_name_table,
     parse_frozen_patches,
     read_unet_layout,
+    released_key_shapes,
 )
 from .transparent_vae_decoder import TTA_VIEWS, TransparentVAEDecoder
 from .transparent_vae_encoder import TransparentVAEEncoder
@@ -44,6 +46,7 @@ from .weight_patches import (
 )
 
 __all__ = [
+    "RELEASED_SDXL_FILES",
     "SD15_ATTENTION_UNITS",
     "TTA_VIEWS",
     "ConcatConvIn",
@@ -73,5 +76,6 @@ __all__ = [
     "parse_frozen_patches",
     "read_layout",
     "read_unet_layout",
+    "released_key_shapes",
     "use_reduction_group_norm",
 ]

@@ -236,6 +236,64 @@ def parse_frozen_patches(
     return patches
 
 
+# What each released file patches (layerdiffuse.md §1.1, checked by parameter counts in
+# the tests): "lora" = LoRA on attention q/k/v/out; "not-qkv" = a delta of every weight
+# but attention q/k/v and the embedding MLPs; "resblocks" = deltas of the ResBlocks, the
+# down/upsamplers, conv_in and the output head. The int is conv_in's input channels.
+RELEASED_SDXL_FILES: dict[str, tuple[str, int]] = {
+    "layer_xl_transparent_attn": ("lora", 4),
+    "layer_xl_transparent_conv": ("not-qkv", 4),
+    "layer_xl_fg2ble": ("resblocks", 8),
+    "layer_xl_bg2ble": ("resblocks", 8),
+    "layer_xl_fgble2bg": ("resblocks", 12),
+    "layer_xl_bgble2fg": ("not-qkv", 12),
+}
+_ATTENTION_LINEAR = re.compile(r"\.attn[12]\.to_(q|k|v|out\.0)\.weight$")
+_QKV = re.compile(r"\.attn[12]\.to_[qkv]\.weight$")
+_RESBLOCK_OR_SAMPLER = re.compile(
+    r"\.(in_layers|emb_layers|out_layers|skip_connection)\.|\.0\.op\.|^output_blocks\.\d+\.\d\.conv\."
+)
+_EDGES = ("input_blocks.0.0.", "out.0.", "out.2.")
+_EMBEDDINGS = ("time_embed.", "label_emb.")
+
+
+def released_key_shapes(
+    parameter_shapes: Mapping[str, tuple[int, ...]],
+    layout: SDXLUNetLayout,
+    name: str,
+    rank: int = 256,
+) -> dict[str, tuple[int, ...]]:
+    """The keys and tensor shapes of a released SDXL file, for a UNet of this structure.
+
+    Used to build files in the released format (the demo set) and to check the real
+    key sets against the real UNet.
+
+    Args:
+        parameter_shapes: {diffusers parameter name: shape} of the UNet.
+        layout: from `read_unet_layout(unet.config)`.
+        name: a key of `RELEASED_SDXL_FILES`.
+        rank: LoRA rank (256 in the released file).
+    """
+    coverage, conv_in_channels = RELEASED_SDXL_FILES[name]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for ldm, diffusers in ldm_name_table(parameter_shapes, layout).items():
+        shape, key = tuple(parameter_shapes[diffusers]), f"{LDM_PREFIX}{ldm}"
+        if coverage == "lora":
+            if _ATTENTION_LINEAR.search(ldm):
+                shapes[f"{key}::lora::0"] = (shape[0], rank)
+                shapes[f"{key}::lora::1"] = (rank, shape[1])
+            continue
+        if coverage == "not-qkv":
+            chosen = not _QKV.search(ldm) and not ldm.startswith(_EMBEDDINGS)
+        else:
+            chosen = bool(_RESBLOCK_OR_SAMPLER.search(ldm)) or ldm.startswith(_EDGES)
+        if chosen:
+            if ldm == "input_blocks.0.0.weight":
+                shape = (shape[0], conv_in_channels, *shape[2:])
+            shapes[f"{key}::diff::0"] = shape
+    return shapes
+
+
 def _listing(keys: list[str]) -> str:
     shown = ", ".join(sorted(keys)[:10])
     return shown if len(keys) <= 10 else f"{shown}, …"

@@ -72,6 +72,7 @@ def denoise(
     on_step: StepCallback = no_progress,
     use_layer_model: Callable[[bool], None] | None = None,
     ending_step: float = 1.0,
+    added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Run the sampler.
 
@@ -88,6 +89,8 @@ def denoise(
         on_step: progress callback.
         use_layer_model: switches the layer model on/off (for Stop At); None if unused.
         ending_step: fraction of the schedule with the layer model.
+        added_conditions: SDXL's `added_cond_kwargs` rows (text_embeds, time_ids) for the
+            negative and the positive rows, or None for SD1.5.
 
     Returns:
         (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
@@ -113,6 +116,13 @@ def denoise(
         step_kwargs["generator"] = generators
     guided = cfg_scale != 1.0
     full_context = torch.cat([uncond_context, context]) if guided else context
+    unet_kwargs: dict[str, Any] = {}
+    if added_conditions is not None:
+        negative_rows, positive_rows = added_conditions
+        unet_kwargs["added_cond_kwargs"] = {
+            key: torch.cat([negative_rows[key], value]) if guided else value
+            for key, value in positive_rows.items()
+        }
 
     total = len(timesteps)
     for index, timestep in enumerate(timesteps):
@@ -120,7 +130,9 @@ def denoise(
             use_layer_model(stop_at is None or float(timestep) >= stop_at)
         model_input = torch.cat([sample, sample]) if guided else sample
         model_input = scheduler.scale_model_input(model_input, timestep)
-        prediction = unet(model_input, timestep, encoder_hidden_states=full_context).sample
+        prediction = unet(
+            model_input, timestep, encoder_hidden_states=full_context, **unet_kwargs
+        ).sample
         if guided:
             negative, positive = prediction.chunk(2)
             prediction = negative + cfg_scale * (positive - negative)

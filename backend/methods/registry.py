@@ -8,7 +8,7 @@ from protocol import METHOD_SPECS, Method
 
 from ..errors import InvalidRequest
 from ..model_set import ModelSet
-from . import sd15_layered, sd15_transparent
+from . import sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
 
@@ -19,6 +19,14 @@ METHOD_RUNNERS: dict[Method, MethodRunner] = {
     Method.SD15_JOINT: sd15_layered.run_joint,
     Method.SD15_FG_TO_BG: sd15_layered.run_fg_to_bg,
     Method.SD15_BG_TO_FG: sd15_layered.run_bg_to_fg,
+    Method.SDXL_TRANSPARENT_ATTN: sdxl_transparent.run_attention,
+    Method.SDXL_TRANSPARENT_CONV: sdxl_transparent.run_conv,
+    Method.SDXL_FG_TO_BLEND: sdxl_blending.run_fg_to_blend,
+    Method.SDXL_BG_TO_BLEND: sdxl_blending.run_bg_to_blend,
+    Method.SDXL_FG_BLEND_TO_BG: sdxl_blending.run_fg_blend_to_bg,
+    Method.SDXL_BG_BLEND_TO_FG: sdxl_blending.run_bg_blend_to_fg,
+    Method.SDXL_FG_TO_BG: sdxl_blending.run_fg_to_bg,
+    Method.SDXL_BG_TO_FG: sdxl_blending.run_bg_to_fg,
 }
 
 

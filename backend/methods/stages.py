@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from protocol import LayerRole, ResizeMode
+
 from ..layerdiffuse import decoder_output_to_rgba, encoder_input
 from ..model_set import ModelSet
-from .prompts import encode_prompts
-from .sizing import to_uint8
+from .prompts import encode_prompts, encode_prompts_sdxl
+from .sizing import composite_on_gray, fit_rgba, to_uint8
 
 # The original composites img2img sources on (127, 127, 127) before the VAE.
 IMG2IMG_GRAY = 127 / 255
@@ -32,6 +34,74 @@ def encode_text(
     both = encode_prompts(base.text_encoder, base.tokenizer, prompts + negative_prompts)
     both = both.to(device=models.device, dtype=models.dtype)
     return both[: len(prompts)], both[len(prompts) :]
+
+
+def encode_text_sdxl(
+    models: ModelSet, prompts: list[str], negative_prompts: list[str], width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """SDXL's contexts and its added conditions (pooled text, size ids), one row per prompt.
+
+    The size ids are (original, crop offset, target) = ((H, W), (0, 0), (H, W)) for every
+    row, as A1111 and Forge send them for a generation of that size.
+
+    Returns:
+        (context, uncond_context, (negative added conditions, positive added conditions)).
+    """
+    base = models.base
+    assert base.text_encoder_2 is not None and base.tokenizer_2 is not None
+    context, pooled = encode_prompts_sdxl(
+        base.text_encoder,
+        base.tokenizer,
+        base.text_encoder_2,
+        base.tokenizer_2,
+        prompts + negative_prompts,
+    )
+    context = context.to(device=models.device, dtype=models.dtype)
+    pooled = pooled.to(device=models.device, dtype=models.dtype)
+    rows = len(prompts)
+    time_ids = torch.tensor(
+        [[height, width, 0, 0, height, width]] * rows, device=models.device, dtype=models.dtype
+    )
+    positive = {"text_embeds": pooled[:rows], "time_ids": time_ids}
+    negative = {"text_embeds": pooled[rows:], "time_ids": time_ids}
+    return context[:rows], context[rows:], (negative, positive)
+
+
+@torch.no_grad()
+def encode_condition(
+    models: ModelSet,
+    image: np.ndarray,
+    width: int,
+    height: int,
+    mode: ResizeMode,
+) -> torch.Tensor:
+    """A condition layer as the SDXL conditional models take it (layerdiffuse.md §4).
+
+    Over 50 % gray, fitted to the generation size, VAE-encoded (the posterior's mean:
+    Forge draws a sample, which only adds noise to a condition), times the scaling factor.
+
+    Returns:
+        (1, 4, height/8, width/8) in the set's dtype.
+    """
+    vae = models.base.vae
+    on_gray = composite_on_gray(fit_rgba(image, width, height, mode))
+    vae_input = torch.from_numpy(on_gray * 2.0 - 1.0).movedim(-1, 0)[None]
+    latents = vae.encode(vae_input.to(device=models.device, dtype=vae.dtype)).latent_dist.mean
+    return (latents * vae.config.scaling_factor).to(models.dtype)
+
+
+def condition_latents(
+    models: ModelSet,
+    inputs: dict[LayerRole, np.ndarray],
+    roles: tuple[LayerRole, ...],
+    width: int,
+    height: int,
+    mode: ResizeMode,
+) -> torch.Tensor:
+    """The concatenated condition latents of `roles`, in that order (e.g. [bg, blend])."""
+    return torch.cat(
+        [encode_condition(models, inputs[role], width, height, mode) for role in roles], 1
+    )
 
 
 @torch.no_grad()
@@ -81,7 +151,7 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
         rgba: (H, W, 4) uint8 at the generation size.
 
     Returns:
-        (1, 4, H/8, W/8) latents multiplied by the VAE's scaling factor.
+        (1, 4, H/8, W/8) latents multiplied by the VAE's scaling factor, in the set's dtype.
     """
     vae = models.base.vae
     image = rgba.astype(np.float32) / 255.0
@@ -94,4 +164,4 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
     weight = next(encoder.parameters())
     offset = encoder(encoder_input(rgba).to(device=weight.device, dtype=weight.dtype))
     latents = posterior.mean + posterior.std * (offset * offset_scale).to(posterior.mean.dtype)
-    return latents * vae.config.scaling_factor
+    return (latents * vae.config.scaling_factor).to(models.dtype)

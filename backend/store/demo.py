@@ -20,11 +20,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from protocol import ModelFamily
+
 from ..layerdiffuse import (
+    RELEASED_SDXL_FILES,
     LayerModelLayout,
     TransparentVAEDecoder,
     TransparentVAEEncoder,
     build_sd15_layer_model,
+    read_unet_layout,
+    released_key_shapes,
 )
 from .catalogue import RELEASED_FILES, ReleasedFile
 from .configs import config_path
@@ -34,7 +39,10 @@ from .tokenizer import write_tokenizer_files
 log = logging.getLogger(__name__)
 
 DEMO_VERSION = 4
-DEMO_NAME = "demo-sd15 (tiny random weights: pictures are noise)"
+DEMO_NAMES = {
+    ModelFamily.SD15: "demo-sd15 (tiny random weights: pictures are noise)",
+    ModelFamily.SDXL: "demo-sdxl (tiny random weights: pictures are noise)",
+}
 _MANIFEST = "manifest.json"
 
 # Tiny but structurally real: the SD1.5 block layout (16 transformers, 32 attention
@@ -73,6 +81,30 @@ _TEXT = {
     "eos_token_id": 49407,
     "pad_token_id": 49407,
 }
+# The SDXL block layout (3 levels, transformer depths 1 and 2 where SDXL has 2 and 10),
+# two text encoders whose hidden states concatenate to the cross-attention width, and
+# the "text_time" embedding of the pooled text and the six size numbers.
+_SDXL_TEXT_WIDTH = 16
+_SDXL_UNET = {
+    "sample_size": 16,
+    "block_out_channels": (16, 32, 32),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 1, 2),
+    "attention_head_dim": (1, 1, 2),
+    "cross_attention_dim": 2 * _SDXL_TEXT_WIDTH,
+    "norm_num_groups": 8,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": _SDXL_TEXT_WIDTH + 6 * 8,
+}
+_SDXL_TEXT = {
+    **{key: value for key, value in _TEXT.items() if key != "hidden_size"},
+    "hidden_size": _SDXL_TEXT_WIDTH,
+    "hidden_act": "gelu",
+}
 _LAYER_RANK = 8
 _DECODER_CHANNELS = (4, 4, 8, 8, 16, 16, 16)
 _ENCODER_CHANNELS = (8, 8, 16, 16)
@@ -90,35 +122,40 @@ class DemoSet:
     """Where the built demo set lies.
 
     Attributes:
-        base_dir: a diffusers folder of the tiny SD1.5 base model.
+        family: the base model family it is shaped like.
+        base_dir: a diffusers folder of the tiny base model.
         models_dir: the tiny LayerDiffuse files under their released file names.
         catalogue: the released catalogue with these files' sizes and sha256, so the
             store checks them as it checks downloads.
     """
 
+    family: ModelFamily
     base_dir: Path
     models_dir: Path
     catalogue: dict[str, ReleasedFile]
 
 
-def demo_root(cache_dir: Path | None = None) -> Path:
-    """The folder the demo set is built in (inside the store's cache folder)."""
-    return (cache_dir or default_cache_dir()) / f"demo-v{DEMO_VERSION}"
+def demo_root(cache_dir: Path | None = None, family: ModelFamily = ModelFamily.SD15) -> Path:
+    """The folder a demo set is built in (inside the store's cache folder)."""
+    infix = "" if family is ModelFamily.SD15 else f"-{family.value}"
+    return (cache_dir or default_cache_dir()) / f"demo{infix}-v{DEMO_VERSION}"
 
 
-def ensure_demo_set(cache_dir: Path | None = None) -> DemoSet:
+def ensure_demo_set(
+    cache_dir: Path | None = None, family: ModelFamily = ModelFamily.SD15
+) -> DemoSet:
     """Build the demo set once (a few seconds) and return where it is.
 
     A complete set is recognised by its manifest; a partial one is rebuilt. Building
     happens in a temporary folder that is renamed into place, so concurrent callers
     never see half a set.
     """
-    root = demo_root(cache_dir)
+    root = demo_root(cache_dir, family)
     if not (root / _MANIFEST).is_file():
         staging = root.with_name(f"{root.name}.{os.getpid()}.building")
         shutil.rmtree(staging, ignore_errors=True)
-        log.info("building the demo model set in %s", root)
-        _build(staging)
+        log.info("building the %s demo model set in %s", family.value, root)
+        _build(staging, family)
         if (root / _MANIFEST).is_file():  # built meanwhile by another process
             shutil.rmtree(staging, ignore_errors=True)
         else:
@@ -135,14 +172,39 @@ def ensure_demo_set(cache_dir: Path | None = None) -> DemoSet:
         )
         for name, entry in manifest["files"].items()
     }
-    return DemoSet(base_dir=root / "base", models_dir=root / "layer_models", catalogue=catalogue)
+    return DemoSet(
+        family=family, base_dir=root / "base", models_dir=root / "layer_models", catalogue=catalogue
+    )
 
 
-def _build(root: Path) -> None:
+def _build(root: Path, family: ModelFamily) -> None:
+    base = root / "base"
+    if family is ModelFamily.SD15:
+        unet = _build_sd15_base(base)
+        files = _sd15_layer_files(unet)
+    else:
+        unet = _build_sdxl_base(base)
+        files = _sdxl_layer_files(unet)
+    (root / "README.txt").write_text(
+        "krita-layerdiffuse demo model set: tiny random models with the real structure.\n"
+        "Pictures made with it are noise; it exists to run everything without downloads.\n"
+    )
+    layers = root / "layer_models"
+    layers.mkdir(parents=True)
+    manifest: dict[str, dict[str, object]] = {}
+    for name, state in files.items():
+        path = layers / RELEASED_FILES[name].filename
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+        manifest[name] = {"sha256": sha256_of(path), "size_bytes": path.stat().st_size}
+    (root / _MANIFEST).write_text(
+        json.dumps({"version": DEMO_VERSION, "files": manifest}, indent=2)
+    )
+
+
+def _build_sd15_base(base: Path) -> torch.nn.Module:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    base = root / "base"
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**_UNET)
     unet.save_pretrained(base / "unet", safe_serialization=True)
@@ -153,31 +215,72 @@ def _build(root: Path) -> None:
         base / "text_encoder", safe_serialization=True
     )
     write_tokenizer_files(base / "tokenizer")
-    (base / "scheduler").mkdir(parents=True)
-    shutil.copy(config_path("sd15", "scheduler"), base / "scheduler" / "scheduler_config.json")
-    (base / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
-    (root / "README.txt").write_text(
-        "krita-layerdiffuse demo model set: tiny random models with the real structure.\n"
-        "Pictures made with it are noise; it exists to run everything without downloads.\n"
+    _write_scheduler_and_index(base, ModelFamily.SD15)
+    return unet
+
+
+def _build_sdxl_base(base: Path) -> torch.nn.Module:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_SDXL_UNET)
+    unet.save_pretrained(base / "unet", safe_serialization=True)
+    torch.manual_seed(1)
+    vae = {**_VAE, "scaling_factor": 0.13025, "force_upcast": True}
+    AutoencoderKL(**vae).save_pretrained(base / "vae", safe_serialization=True)
+    torch.manual_seed(2)
+    CLIPTextModel(CLIPTextConfig(**_SDXL_TEXT)).save_pretrained(
+        base / "text_encoder", safe_serialization=True
     )
+    torch.manual_seed(3)
+    second = CLIPTextConfig(**_SDXL_TEXT, projection_dim=_SDXL_TEXT_WIDTH)
+    CLIPTextModelWithProjection(second).save_pretrained(
+        base / "text_encoder_2", safe_serialization=True
+    )
+    # No tokenizer folders: the loader falls back to the built-in CLIP tokenizers
+    # (with SDXL's "!" padding for the second), as for a checkpoint file.
+    _write_scheduler_and_index(base, ModelFamily.SDXL)
+    return unet
 
-    layers = root / "layer_models"
-    layers.mkdir(parents=True)
-    files: dict[str, dict[str, object]] = {}
-    for name, state in _layer_files(unet).items():
-        path = layers / RELEASED_FILES[name].filename
-        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
-        files[name] = {"sha256": sha256_of(path), "size_bytes": path.stat().st_size}
-    (root / _MANIFEST).write_text(json.dumps({"version": DEMO_VERSION, "files": files}, indent=2))
+
+def _write_scheduler_and_index(base: Path, family: ModelFamily) -> None:
+    (base / "scheduler").mkdir(parents=True)
+    shutil.copy(config_path(family, "scheduler"), base / "scheduler" / "scheduler_config.json")
+    (base / "model_index.json").write_text(json.dumps(_model_index(family), indent=2))
 
 
-def _layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+def _sd15_layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     files: dict[str, dict[str, torch.Tensor]] = {}
     for index, (name, layout) in enumerate(_SD15_LAYER_FILES.items()):
         torch.manual_seed(100 + index)
         model = build_sd15_layer_model(unet, layout)
         _small_init_(model)
         files[name] = model.state_dict()
+    decoder, encoder = _transparent_vae_files()
+    files["layer_sd15_vae_transparent_decoder"] = decoder
+    files["layer_sd15_vae_transparent_encoder"] = encoder
+    return files
+
+
+def _sdxl_layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """The six SDXL files in the frozen-patcher format, with small random patches."""
+    shapes = {key: tuple(value.shape) for key, value in unet.state_dict().items()}
+    layout = read_unet_layout(unet.config)
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for index, name in enumerate(RELEASED_SDXL_FILES):
+        generator = torch.Generator().manual_seed(300 + index)
+        keys = released_key_shapes(shapes, layout, name, rank=_LAYER_RANK)
+        files[name] = {
+            key: torch.randn(shape, generator=generator) * 0.02 for key, shape in keys.items()
+        }
+    decoder, encoder = _transparent_vae_files()
+    files["vae_transparent_decoder"] = decoder
+    files["vae_transparent_encoder"] = encoder
+    return files
+
+
+def _transparent_vae_files() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     torch.manual_seed(200)
     decoder = TransparentVAEDecoder(block_out_channels=_DECODER_CHANNELS)
     with torch.no_grad():
@@ -187,12 +290,8 @@ def _layer_files(unet: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
         decoder.conv_out.weight[0] *= 3.0
         decoder.conv_out.bias[0] += 0.7
         decoder.conv_out.bias[1:] += 0.4
-    files["layer_sd15_vae_transparent_decoder"] = decoder.state_dict()
     torch.manual_seed(201)
-    files["layer_sd15_vae_transparent_encoder"] = TransparentVAEEncoder(
-        _ENCODER_CHANNELS
-    ).state_dict()
-    return files
+    return decoder.state_dict(), TransparentVAEEncoder(_ENCODER_CHANNELS).state_dict()
 
 
 @torch.no_grad()
@@ -212,8 +311,8 @@ def _small_init_(module: torch.nn.Module) -> None:
             parameter.normal_(std=0.02)
 
 
-def _model_index() -> dict[str, object]:
-    return {
+def _model_index(family: ModelFamily) -> dict[str, object]:
+    index: dict[str, object] = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.30.0",
         "scheduler": ["diffusers", "DDIMScheduler"],
@@ -223,3 +322,11 @@ def _model_index() -> dict[str, object]:
         "vae": ["diffusers", "AutoencoderKL"],
         "demo": True,
     }
+    if family is ModelFamily.SDXL:
+        index |= {
+            "_class_name": "StableDiffusionXLPipeline",
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        }
+    return index

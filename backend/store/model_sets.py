@@ -9,8 +9,9 @@ import torch
 
 from backend.model_set import ModelSet
 from backend.store.checkpoints import load_base_model
-from backend.store.demo import DEMO_NAME, ensure_demo_set
+from backend.store.demo import DEMO_NAMES, ensure_demo_set
 from backend.store.download import ModelStore
+from protocol import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def open_model_set(
     *,
     base: str | Path | None = None,
     demo: bool = False,
+    demo_family: ModelFamily = ModelFamily.SD15,
     models_dir: Path | None = None,
     offline: bool | None = None,
     device: str | None = None,
@@ -50,6 +52,7 @@ def open_model_set(
     Args:
         base: a diffusers folder, a hub repo id or one `.safetensors` checkpoint.
         demo: use the tiny demo set (built on first use, no download) instead.
+        demo_family: which demo set (SD1.5- or SDXL-shaped).
         models_dir: a folder holding released files under their own names.
         offline: never contact the hub; None follows `HF_HUB_OFFLINE`.
         device / dtype: where and how to run; None picks (see `resolve_device`).
@@ -62,7 +65,7 @@ def open_model_set(
     target = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, target)
     if demo:
-        demo_set = ensure_demo_set(cache_dir)
+        demo_set = ensure_demo_set(cache_dir, demo_family)
         store = ModelStore(
             models_dir=demo_set.models_dir,
             offline=True,
@@ -72,12 +75,16 @@ def open_model_set(
         base_model = load_base_model(
             demo_set.base_dir, device=target, dtype=compute_dtype, offline=True
         )
-        base_model.name = DEMO_NAME
+        base_model.name = DEMO_NAMES[demo_family]
     elif base is not None:
         store = ModelStore(models_dir=models_dir, offline=offline, state_dir=cache_dir)
         base_model = load_base_model(base, device=target, dtype=compute_dtype, offline=offline)
     else:
         raise ValueError("give a base model or ask for the demo set")
+    vae = base_model.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        # SDXL's VAE overflows in float16 (its config says so); it runs in float32.
+        vae.to(torch.float32)
     log.info(
         "loaded %s (%s) on %s as %s",
         base_model.name,

@@ -11,6 +11,7 @@ from huggingface_hub import constants as hub_constants
 from backend.model_set import ModelSet
 from backend.store.demo import ensure_demo_set
 from backend.store.model_sets import open_model_set
+from protocol import ModelFamily
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +33,18 @@ def demo_models(demo_cache_dir: Path) -> ModelSet:
     Tests must leave it as they found it (attach layer models only with a detach).
     """
     return open_model_set(demo=True, cache_dir=demo_cache_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def demo_sdxl_models(demo_cache_dir: Path) -> ModelSet:
+    """The SDXL-shaped demo `ModelSet` on the CPU in float32, shared by the session."""
+    return open_model_set(
+        demo=True,
+        demo_family=ModelFamily.SDXL,
+        cache_dir=demo_cache_dir,
+        device="cpu",
+        dtype="float32",
+    )
 
 
 @pytest.fixture

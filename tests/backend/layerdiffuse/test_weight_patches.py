@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable
 
 import pytest
@@ -12,25 +11,18 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from backend.layerdiffuse import (
+    RELEASED_SDXL_FILES,
     ConcatConvIn,
     SDXLLayerKind,
     attach_sdxl_layer_model,
     ldm_name_table,
     read_unet_layout,
+    released_key_shapes,
     weight_patches,
 )
 from backend.store.configs import config_path
 
-# The released files' key sets (layerdiffuse.md §1.1, §3.1), in the reference's ldm names.
-ATTENTION_LINEAR = re.compile(r"\.attn[12]\.to_(q|k|v|out\.0)\.weight$")
-QKV = re.compile(r"\.attn[12]\.to_[qkv]\.weight$")
-RESBLOCK_OR_SAMPLER = re.compile(
-    r"\.(in_layers|emb_layers|out_layers|skip_connection)\.|\.0\.op\.|^output_blocks\.\d+\.\d\.conv\."
-)
-EDGES = ("input_blocks.0.0.", "out.0.", "out.2.")
-EMBEDDINGS = ("time_embed.", "label_emb.")
-
-# name: (tensor set, conv_in input channels, tensors, parameters, HF size)
+# name: (tensor set, conv_in input channels, tensors, parameters, HF size) — §1.1's facts
 RELEASED = {
     "layer_xl_transparent_attn": ("lora", 4, 1120, 371_589_120, "743 MB"),
     "layer_xl_transparent_conv": ("not-qkv", 4, 1252, 1_809_780_484, "3.62 GB"),
@@ -46,25 +38,10 @@ Make = Callable[[tuple[int, ...]], torch.Tensor]
 
 def released_state(unet: UNet2DConditionModel, name: str, make: Make, rank: int = 256):
     """A state dict with exactly the key set and shapes of a released file, for `unet`."""
-    which, conv_in_channels = RELEASED[name][:2]
-    params = unet.state_dict()
-    state = {}
-    for ldm, diffusers in ldm_name_table(params, read_unet_layout(unet.config)).items():
-        shape, key = tuple(params[diffusers].shape), f"diffusion_model.{ldm}"
-        if which == "lora":
-            if ATTENTION_LINEAR.search(ldm):
-                state[f"{key}::lora::0"] = make((shape[0], rank))
-                state[f"{key}::lora::1"] = make((rank, shape[1]))
-            continue
-        if which == "not-qkv":
-            chosen = not QKV.search(ldm) and not ldm.startswith(EMBEDDINGS)
-        else:
-            chosen = bool(RESBLOCK_OR_SAMPLER.search(ldm)) or ldm.startswith(EDGES)
-        if chosen:
-            if ldm == "input_blocks.0.0.weight":
-                shape = (shape[0], conv_in_channels, *shape[2:])
-            state[f"{key}::diff::0"] = make(shape)
-    return state
+    assert RELEASED_SDXL_FILES[name] == RELEASED[name][:2]
+    shapes = {key: tuple(value.shape) for key, value in unet.state_dict().items()}
+    keys = released_key_shapes(shapes, read_unet_layout(unet.config), name, rank)
+    return {key: make(shape) for key, shape in keys.items()}
 
 
 def on_meta(shape: tuple[int, ...]) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""SDXL layer methods: blending from a layer, a layer from it and the blending, and both in one go.
+
+The four conditional files (layerdiffuse.md §4) see condition latents beside the sample:
+
+| method   | condition       | produces                 |
+|----------|-----------------|--------------------------|
+| fg2ble   | foreground      | blended image            |
+| bg2ble   | background      | blended image            |
+| fgble2bg | foreground, blend | background             |
+| bgble2fg | background, blend | foreground (transparent) |
+
+The one-click workflows chain them: "background for this foreground" is fg2ble then
+fgble2bg; "foreground into this background" is bg2ble then bgble2fg. The second step
+runs with Euler a when the request asks for a DPM++ sampler, as the original's README
+advises for these models ("change the sampler to Euler A or UniPC"); each result's
+second step uses that result's blend and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from protocol import LayerRole, Sampler
+
+from ..model_set import ModelSet
+from .denoise import StepCallback, no_progress
+from .request import GenerationRequest, GenerationResult
+from .sdxl_recipe import run_layer_file
+
+_FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+_DPM_SAMPLERS = (Sampler.DPMPP_2M_KARRAS, Sampler.DPMPP_2M_SDE_KARRAS)
+
+
+def run_fg_to_blend(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """The blended image for a foreground."""
+    return run_layer_file(
+        request,
+        models,
+        on_step,
+        layer_file="layer_xl_fg2ble",
+        output=_BLEND,
+        transparent=False,
+        condition=(_FG,),
+    )
+
+
+def run_bg_to_blend(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """The blended image for a background."""
+    return run_layer_file(
+        request,
+        models,
+        on_step,
+        layer_file="layer_xl_bg2ble",
+        output=_BLEND,
+        transparent=False,
+        condition=(_BG,),
+    )
+
+
+def run_fg_blend_to_bg(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """The background behind a foreground, given their blend."""
+    return run_layer_file(
+        request,
+        models,
+        on_step,
+        layer_file="layer_xl_fgble2bg",
+        output=_BG,
+        transparent=False,
+        condition=(_FG, _BLEND),
+    )
+
+
+def run_bg_blend_to_fg(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """The transparent foreground in front of a background, given their blend."""
+    return run_layer_file(
+        request,
+        models,
+        on_step,
+        layer_file="layer_xl_bgble2fg",
+        output=_FG,
+        transparent=True,
+        condition=(_BG, _BLEND),
+    )
+
+
+def run_fg_to_bg(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """One click: a background for this foreground (and the blend)."""
+    return _two_steps(
+        request,
+        models,
+        on_step,
+        first=("layer_xl_fg2ble", _FG),
+        second=("layer_xl_fgble2bg", _BG, False),
+    )
+
+
+def run_bg_to_fg(
+    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+) -> GenerationResult:
+    """One click: a transparent foreground for this background (and the blend)."""
+    return _two_steps(
+        request,
+        models,
+        on_step,
+        first=("layer_xl_bg2ble", _BG),
+        second=("layer_xl_bgble2fg", _FG, True),
+    )
+
+
+def _two_steps(
+    request: GenerationRequest,
+    models: ModelSet,
+    on_step: StepCallback,
+    first: tuple[str, LayerRole],
+    second: tuple[str, LayerRole, bool],
+) -> GenerationResult:
+    first_file, given = first
+    second_file, produced, transparent = second
+    # Progress over both steps: step 1 runs every result in batch_count passes, step 2
+    # one pass per result; every pass has the request's number of steps.
+    passes = request.batch_count + request.image_count
+
+    def phase(passes_before: int, passes_in_call: int) -> StepCallback:
+        def report(step: int, total: int, latents: torch.Tensor) -> None:
+            per_pass = total // passes_in_call
+            on_step(passes_before * per_pass + step, passes * per_pass, latents)
+
+        return report
+
+    # 1. The blends, all results at once, with the request's sampler.
+    blends = run_layer_file(
+        request,
+        models,
+        phase(0, request.batch_count),
+        layer_file=first_file,
+        output=_BLEND,
+        transparent=False,
+        condition=(given,),
+    )
+    # 2. Each result's layer from the given layer and its own blend.
+    sampler = Sampler.EULER_A if request.sampler in _DPM_SAMPLERS else request.sampler
+    images = []
+    for index, (layers, seed) in enumerate(zip(blends.images, blends.seeds, strict=True)):
+        single = replace(request, seed=seed, batch_size=1, batch_count=1, sampler=sampler)
+        result = run_layer_file(
+            single,
+            models,
+            phase(request.batch_count + index, 1),
+            layer_file=second_file,
+            output=produced,
+            transparent=transparent,
+            condition=(given, _BLEND),
+            inputs={given: request.inputs[given], _BLEND: layers[_BLEND]},
+        )
+        images.append({produced: result.images[0][produced], _BLEND: layers[_BLEND]})
+    return GenerationResult(
+        images=images, seeds=blends.seeds, generation_size=blends.generation_size
+    )

@@ -1,0 +1,176 @@
+"""Every SDXL method end to end on the SDXL-shaped demo set: layers, alpha, batches, Stop At."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.methods import sdxl_blending, sdxl_recipe
+from backend.methods.registry import run_method
+from backend.methods.request import GenerationRequest
+from backend.model_set import ModelSet
+from backend.store.model_sets import open_model_set
+from protocol import METHOD_SPECS, LayerRole, Method, ModelFamily, Sampler
+
+FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+
+
+def layer(colour: tuple[int, int, int], transparent_border: bool) -> np.ndarray:
+    image = np.zeros((96, 64, 4), dtype=np.uint8)
+    image[..., :3] = colour
+    image[..., 3] = 0 if transparent_border else 255
+    image[24:72, 16:48, 3] = 255
+    return image
+
+
+FOREGROUND = layer((220, 40, 20), transparent_border=True)
+BACKGROUND = layer((20, 90, 200), transparent_border=False)
+BLENDING = layer((120, 110, 100), transparent_border=False)
+INPUTS = {
+    Method.SDXL_TRANSPARENT_ATTN: {},
+    Method.SDXL_TRANSPARENT_CONV: {},
+    Method.SDXL_FG_TO_BLEND: {FG: FOREGROUND},
+    Method.SDXL_BG_TO_BLEND: {BG: BACKGROUND},
+    Method.SDXL_FG_BLEND_TO_BG: {FG: FOREGROUND, BLEND: BLENDING},
+    Method.SDXL_BG_BLEND_TO_FG: {BG: BACKGROUND, BLEND: BLENDING},
+    Method.SDXL_FG_TO_BG: {FG: FOREGROUND},
+    Method.SDXL_BG_TO_FG: {BG: BACKGROUND},
+}
+
+
+def request_for(method: Method, **options: object) -> GenerationRequest:
+    fields: dict[str, object] = {
+        "method": method,
+        "prompt": "a cat on a sofa",
+        "inputs": INPUTS[method],
+        "width": 64,
+        "height": 96,
+        "steps": 2,
+        "seed": 9,
+    }
+    fields.update(options)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", list(INPUTS))
+def test_every_method_returns_its_layers_with_alpha_where_it_belongs(
+    method: Method, demo_sdxl_models: ModelSet
+) -> None:
+    parameters = dict(demo_sdxl_models.base.unet.named_parameters())
+    conv_in = demo_sdxl_models.base.unet.conv_in
+    result = run_method(request_for(method, batch_size=2), demo_sdxl_models)
+    assert len(result.images) == 2 and result.seeds == [9, 10]
+    for layers in result.images:
+        assert set(layers) == set(METHOD_SPECS[method].outputs)
+        for role, image in layers.items():
+            assert image.shape == (96, 64, 4) and image.dtype == np.uint8
+            alpha = image[..., 3]
+            if role is FG:
+                assert alpha.min() < 255 and alpha.max() > 0, role
+            else:
+                assert (alpha == 255).all(), role
+    # The UNet is left exactly as found: same parameters, same conv_in, 4 input channels.
+    unet = demo_sdxl_models.base.unet
+    assert unet.conv_in is conv_in and unet.config.in_channels == 4
+    assert all(p is parameters[name] for name, p in unet.named_parameters())
+
+
+@pytest.mark.parametrize("option", [{"ending_step": 0.0}, {"weight": 0.0}])
+def test_stop_at_zero_and_weight_zero_change_the_result(
+    option: dict[str, float], demo_sdxl_models: ModelSet
+) -> None:
+    method = Method.SDXL_FG_TO_BLEND
+    full = run_method(request_for(method), demo_sdxl_models).images[0][BLEND]
+    changed = run_method(request_for(method, **option), demo_sdxl_models).images[0][BLEND]
+    assert not np.array_equal(full, changed)
+
+
+def test_the_condition_steers_the_result(demo_sdxl_models: ModelSet) -> None:
+    method = Method.SDXL_BG_TO_BLEND
+    blue = run_method(request_for(method), demo_sdxl_models).images[0][BLEND]
+    other = {BG: layer((240, 240, 20), transparent_border=False)}
+    yellow = run_method(request_for(method, inputs=other), demo_sdxl_models).images[0][BLEND]
+    assert not np.array_equal(blue, yellow)
+
+
+def test_conditions_are_concatenated_in_the_references_order(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[LayerRole, ...]] = []
+    original = sdxl_recipe.condition_latents
+
+    def spy(models, inputs, roles, width, height, mode):
+        seen.append(roles)
+        return original(models, inputs, roles, width, height, mode)
+
+    monkeypatch.setattr(sdxl_recipe, "condition_latents", spy)
+    for method in (Method.SDXL_FG_BLEND_TO_BG, Method.SDXL_BG_BLEND_TO_FG):
+        run_method(request_for(method), demo_sdxl_models)
+    assert seen == [(FG, BLEND), (BG, BLEND)]
+
+
+def test_the_one_click_workflow_chains_two_steps_with_a_sampler_that_suits_the_second(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, Sampler, int, tuple[LayerRole, ...]]] = []
+    original = sdxl_blending.run_layer_file
+
+    def spy(request, models, on_step, **options):
+        calls.append((options["layer_file"], request.sampler, request.seed, options["condition"]))
+        return original(request, models, on_step, **options)
+
+    monkeypatch.setattr(sdxl_blending, "run_layer_file", spy)
+    progress: list[tuple[int, int]] = []
+    request = request_for(Method.SDXL_FG_TO_BG, batch_size=2, sampler=Sampler.DPMPP_2M_SDE_KARRAS)
+    result = run_method(
+        request, demo_sdxl_models, lambda step, total, _: progress.append((step, total))
+    )
+    assert calls == [
+        ("layer_xl_fg2ble", Sampler.DPMPP_2M_SDE_KARRAS, 9, (FG,)),
+        ("layer_xl_fgble2bg", Sampler.EULER_A, 9, (FG, BLEND)),
+        ("layer_xl_fgble2bg", Sampler.EULER_A, 10, (FG, BLEND)),
+    ]
+    assert [set(layers) for layers in result.images] == [{BG, BLEND}] * 2
+    # One progress bar over both steps: 2 steps for the blends, 2 for each background.
+    assert progress == [(step, 6) for step in range(1, 7)]
+
+
+def test_a_sampler_that_suits_both_steps_is_kept(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samplers: list[Sampler] = []
+    original = sdxl_blending.run_layer_file
+
+    def spy(request, models, on_step, **options):
+        samplers.append(request.sampler)
+        return original(request, models, on_step, **options)
+
+    monkeypatch.setattr(sdxl_blending, "run_layer_file", spy)
+    run_method(request_for(Method.SDXL_BG_TO_FG, sampler=Sampler.UNIPC), demo_sdxl_models)
+    assert samplers == [Sampler.UNIPC, Sampler.UNIPC]
+
+
+def test_transparent_img2img_through_the_sdxl_encoder(demo_sdxl_models: ModelSet) -> None:
+    method = Method.SDXL_TRANSPARENT_ATTN
+    txt2img = run_method(request_for(method), demo_sdxl_models).images[0][FG]
+    img2img = run_method(request_for(method, inputs={FG: FOREGROUND}), demo_sdxl_models).images[0][
+        FG
+    ]
+    assert img2img.shape == txt2img.shape and not np.array_equal(img2img, txt2img)
+
+
+def test_sdxl_vae_is_kept_in_float32_when_the_set_runs_in_half(demo_cache_dir: Path) -> None:
+    """SDXL's VAE overflows in float16 (force_upcast in its config); the UNet does not."""
+    models = open_model_set(
+        demo=True,
+        demo_family=ModelFamily.SDXL,
+        cache_dir=demo_cache_dir,
+        device="cpu",
+        dtype="float16",
+    )
+    assert models.base.vae.config.force_upcast is True
+    assert models.base.vae.dtype == torch.float32
+    assert models.base.unet.dtype == torch.float16
