@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--stages",
         default=None,
-        help="comma-separated: decoder, sd15, methods, transport "
+        help="comma-separated: decoder, sd15, sdxl, methods, sdxl_methods, transport "
         "(default: all on CUDA; decoder and transport on a CPU)",
     )
     bench.add_argument("--json", type=Path, help="also write the report as JSON")
@@ -506,7 +506,7 @@ class _ByteProgress:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import STAGES, run_bench
 
     _quiet_libraries()
     if args.size is not None and (args.size < 64 or args.size % 64):
@@ -516,11 +516,10 @@ def _bench(args: argparse.Namespace) -> int:
     stages = None
     if args.stages is not None:
         stages = tuple(stage.strip() for stage in args.stages.split(",") if stage.strip())
-    known = ("decoder", "sd15", "methods", "transport")
-    unknown = set(stages or ()) - set(known)
+    unknown = set(stages or ()) - set(STAGES)
     if unknown:
         raise InvalidRequest(
-            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: {', '.join(known)}"
+            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: {', '.join(STAGES)}"
         )
     report = run_bench(
         device=args.device, dtype=args.dtype, size=args.size, repeat=args.repeat, stages=stages

@@ -16,4 +16,4 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 
 python3 -m pytest -m gpu tests/gpu -q -s -p no:warnings -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 python3 -m backend generate --demo --device cuda -p "a glass cup" -o /tmp/demo-out 2>&1 | tail -3 | tee "$OUT/demo.log"
-python3 -m backend bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+python3 -m backend bench --repeat 3 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"

@@ -317,7 +317,8 @@ def test_bench_writes_the_reference_and_our_variants_with_ratios(
     [
         (
             ["--stages", "nope"],
-            "error: stages: unknown stage 'nope'; known: decoder, sd15, methods, transport",
+            "error: stages: unknown stage 'nope'; known: "
+            "decoder, sd15, sdxl, methods, sdxl_methods, transport",
         ),
         (["--repeat", "0"], "error: repeat: 0 is not a positive count"),
         (["--size", "0"], "error: size: 0 is not a positive multiple of 64"),

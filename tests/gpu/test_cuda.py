@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.bench import build_random, random_sd15_model_set
+from backend.bench import build_random, random_sd15_model_set, random_sdxl_model_set
 from backend.layerdiffuse import (
     TransparentVAEDecoder,
+    attach_sdxl_layer_model,
     group_norm_by_reduction,
     use_reduction_group_norm,
 )
@@ -84,3 +85,64 @@ def test_every_sd15_method_runs_at_real_size_in_fp16(method: Method, models: Mod
     for role, image in result.images[0].items():
         assert image.shape == (640, 512, 4), role
         assert image.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def sdxl_models() -> ModelSet:
+    """Real-size SDXL and its LayerDiffuse files with random weights, fp16 on CUDA."""
+    return random_sdxl_model_set(CUDA, torch.float16)
+
+
+SDXL_INPUTS = {
+    Method.SDXL_TRANSPARENT_ATTN: (),
+    Method.SDXL_TRANSPARENT_CONV: (),
+    Method.SDXL_FG_TO_BLEND: (LayerRole.FOREGROUND,),
+    Method.SDXL_BG_TO_BLEND: (LayerRole.BACKGROUND,),
+    Method.SDXL_FG_BLEND_TO_BG: (LayerRole.FOREGROUND, LayerRole.BLENDED),
+    Method.SDXL_BG_BLEND_TO_FG: (LayerRole.BACKGROUND, LayerRole.BLENDED),
+    Method.SDXL_FG_TO_BG: (LayerRole.FOREGROUND,),
+    Method.SDXL_BG_TO_FG: (LayerRole.BACKGROUND,),
+}
+
+
+@pytest.mark.parametrize("method", list(SDXL_INPUTS))
+def test_every_sdxl_method_runs_at_real_size_in_fp16(method: Method, sdxl_models: ModelSet) -> None:
+    layer = np.full((1024, 1024, 4), 255, dtype=np.uint8)
+    inputs = {role: layer for role in SDXL_INPUTS[method]}
+    request = GenerationRequest(
+        method=method, prompt="a cup", inputs=inputs, width=1024, height=1024, steps=2, batch_size=2
+    )
+    result = run_method(request, sdxl_models)
+    assert len(result.images) == 2
+    for layers in result.images:
+        for role, image in layers.items():
+            assert image.shape == (1024, 1024, 4) and image.dtype == np.uint8, role
+
+
+def test_sdxl_originals_kept_on_the_cpu_restore_exactly_and_save_gpu_memory(
+    sdxl_models: ModelSet,
+) -> None:
+    unet = sdxl_models.base.unet
+    state = sdxl_models.layer_state_dict("layer_xl_transparent_conv", on_device=False)
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    results = {}
+    for place in ("device", "cpu"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        handle = attach_sdxl_layer_model(unet, state, originals_on=place)
+        torch.cuda.synchronize()
+        results[place] = (
+            torch.cuda.memory_allocated() - baseline,
+            torch.cuda.max_memory_allocated() - baseline,
+        )
+        handle.set_active(False)
+        handle.set_active(True)
+        handle.detach()
+        assert all(torch.equal(p, before[name]) for name, p in unet.named_parameters())
+    (on_device, _), (on_cpu, peak_cpu) = results["device"], results["cpu"]
+    print(
+        f"extra GPU memory while attached: originals on device {on_device / 2**30:.2f} GiB, "
+        f"on cpu {on_cpu / 2**30:.2f} GiB (peak {peak_cpu / 2**30:.2f} GiB)"
+    )
+    assert on_cpu < on_device / 4

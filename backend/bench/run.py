@@ -1,0 +1,74 @@
+"""Running the benchmark stages and collecting one report."""
+
+from __future__ import annotations
+
+import torch
+
+from .decoder import bench_transparent_decoder
+from .jobs import bench_sd15_jobs, bench_sdxl_jobs
+from .report import BenchReport, Timing
+from .transport import bench_transport
+from .unets import bench_sd15, bench_sdxl
+
+STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport")
+
+
+def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
+    """A side² RGBA layer there and back over loopback websockets: raw against PNG."""
+    stage = f"transport {side}² layer"
+    baseline = None
+    for variant, milliseconds, throughput in reversed(bench_transport(side, repeat)):
+        timing = Timing(stage, f"round trip, {variant}", milliseconds, None, baseline)
+        timing.megabytes_per_second = throughput
+        report.add(timing)
+        baseline = timing.variant
+
+
+def run_bench(
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    size: int | None = None,
+    repeat: int = 5,
+    stages: tuple[str, ...] | None = None,
+) -> BenchReport:
+    """Run the benchmark and return its report.
+
+    Args:
+        device: "cuda", "cpu", …; None picks CUDA when present.
+        dtype: "float16", "bfloat16" or "float32"; None: float16 on CUDA, else float32.
+        size: image side in pixels; None: 1024 on CUDA, 128 on the CPU.
+        repeat: timed runs per variant (the median is reported).
+        stages: which groups to run (`STAGES`): "decoder" (transparent decode), "sd15" /
+            "sdxl" (text, UNet step with each layer model, VAE), "methods" /
+            "sdxl_methods" (whole jobs), "transport" (a 4096² layer over loopback, raw vs
+            PNG); None: all on CUDA, the decoder and the transport on a CPU (real-size
+            models on a CPU take minutes).
+    """
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = target.type == "cuda"
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
+    side = size or (1024 if cuda else 128)
+    if stages is None:
+        stages = STAGES if cuda else ("decoder", "transport")
+    name = torch.cuda.get_device_name(target) if cuda else "cpu"
+    report = BenchReport(name, str(torch_dtype).removeprefix("torch."), side, torch.__version__)
+    if "decoder" in stages:
+        bench_transparent_decoder(report, target, torch_dtype, side, repeat)
+    if "sd15" in stages:
+        bench_sd15(report, target, torch_dtype, 512 if cuda else min(side, 512), repeat)
+    if "sdxl" in stages:
+        bench_sdxl(report, target, torch_dtype, 1024 if cuda else min(side, 1024), repeat)
+    if "transport" in stages:
+        bench_transport_stage(report, repeat)
+    if "methods" in stages:
+        if cuda:
+            bench_sd15_jobs(report, target, torch_dtype, repeat)
+        else:
+            bench_sd15_jobs(report, target, torch_dtype, repeat, steps=2, scale=8)
+    if "sdxl_methods" in stages:
+        if cuda:
+            bench_sdxl_jobs(report, target, torch_dtype, repeat)
+        else:
+            bench_sdxl_jobs(report, target, torch_dtype, repeat, steps=2, scale=16)
+    return report
