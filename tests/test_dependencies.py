@@ -82,6 +82,20 @@ ALLOWED: dict[str, set[str]] = {
         "transformers",
         "numpy",
     },
+    # The plugin runs in Krita's Python: the standard library and PyQt5, never numpy, Pillow
+    # or the backend. Only canvas/ imports krita; protocol and websockets come through
+    # vendor.py, which finds the copies bundled inside the installed plugin.
+    "krita_plugin.canvas": {
+        "krita_plugin.canvas",
+        "krita_plugin.errors",
+        "krita_plugin.geometry",
+        "krita_plugin.pixels",
+        "krita_plugin.placement",
+        "krita",
+        "PyQt5",
+    },
+    "krita_plugin.vendor": {"protocol", "websockets"},
+    "krita_plugin": {"krita_plugin", "PyQt5"},
 }
 TOP_LEVEL = {"backend.cli", "backend.__main__", "backend"}  # may import anything of ours
 

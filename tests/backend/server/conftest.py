@@ -135,3 +135,13 @@ def with_server(demo_models: ModelSet) -> Callable[..., None]:
         run_with_server(demo_models, scenario, **config)
 
     return run
+
+
+@pytest.fixture
+def with_sdxl_server(demo_sdxl_models: ModelSet) -> Callable[..., None]:
+    """Like `with_server`, with the SDXL-shaped demo models."""
+
+    def run(scenario: Callable[[RunningServer], Awaitable[None]], **config: Any) -> None:
+        run_with_server(demo_sdxl_models, scenario, **config)
+
+    return run

@@ -367,3 +367,35 @@ def test_sessions_of_clients_that_stay_away_expire(with_server) -> None:
             assert (await client.hello(session)).welcome.session != session
 
     with_server(scenario, retention_seconds=0.2)
+
+
+SDXL_JOBS = {
+    Method.SDXL_TRANSPARENT_ATTN: {},
+    Method.SDXL_FG_TO_BG: {FG: layer()},
+    Method.SDXL_BG_TO_FG: {BG: layer(opaque=True)},
+    Method.SDXL_BG_BLEND_TO_FG: {BG: layer(opaque=True), LayerRole.BLENDED: layer(opaque=True)},
+}
+
+
+def test_an_sdxl_server_offers_every_sdxl_method_and_runs_them(with_sdxl_server) -> None:
+    async def scenario(server: RunningServer) -> None:
+        async with server.client() as client:
+            welcome = (await client.hello()).welcome
+            assert welcome.model.family.value == "sdxl"
+            assert welcome.capabilities.families == (welcome.model.family,)
+            sdxl_methods = [m for m in Method if METHOD_SPECS[m].family.value == "sdxl"]
+            assert list(welcome.capabilities.methods) == sdxl_methods
+            for index, (method, inputs) in enumerate(SDXL_JOBS.items()):
+                job = f"x{index}"
+                await client.submit(job, method, inputs, width=64, height=80)
+                events = await client.until_done(job)
+                assert events[-1].done.status is JobStatus.COMPLETED, events[-1]
+                (result,) = [e for e in events if isinstance(e, ResultReceived)]
+                assert set(result.images) == set(METHOD_SPECS[method].outputs)
+            # An SD1.5 method is refused by the SDXL server, naming the job.
+            await client.submit("sd15", Method.SD15_TRANSPARENT)
+            error = await client.next_event()
+            assert isinstance(error, ErrorReceived)
+            assert (error.error.code, error.error.job) == (ErrorCode.INVALID_REQUEST, "sd15")
+
+    with_sdxl_server(scenario)

@@ -1,0 +1,426 @@
+"""Drives the installed LayerDiffuse plugin in a real Krita, for the end-to-end test.
+
+Installed only into the test's temporary Krita profile, next to the plugin from the
+built zip. When the window exists it runs `scenario()`: a generator whose steps run on
+Krita's own event loop, one `QTimer.singleShot` after another (a nested
+`processEvents` loop would break layer activation, krita.md §4.3b). It triggers the
+plugin's actions for real through `Krita.instance().action(...)`, checks the layers they
+insert, writes every check to the JSON file `LAYERDIFFUSE_TEST_RESULTS` names, grabs
+the docker into `LAYERDIFFUSE_SCREENSHOT`, and quits Krita with `file_quit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+
+from krita import Extension, Krita, Selection
+from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+)
+
+RESULTS = os.environ.get("LAYERDIFFUSE_TEST_RESULTS", "")
+SCREENSHOT = os.environ.get("LAYERDIFFUSE_SCREENSHOT", "")
+WIDTH, HEIGHT = 160, 120
+PROMPT = "a glass bottle, high quality"
+USER_LAYER = "User Paint"
+ACTIONS = (
+    "layerdiffuse_generate_layer",
+    "layerdiffuse_generate_background",
+    "layerdiffuse_generate_foreground",
+    "layerdiffuse_cancel",
+)
+POLL_MS = 200
+STEP_TIMEOUT = 90.0
+
+
+class Wait:
+    """A step that waits until `condition()` is true (polled), or fails after a timeout."""
+
+    def __init__(self, what, condition, timeout=STEP_TIMEOUT):
+        self.what = what
+        self.condition = condition
+        self.timeout = timeout
+
+
+class Sleep:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+
+class Runner:
+    """Runs a scenario generator on Krita's event loop, one timer tick per step."""
+
+    def __init__(self, scenario):
+        self.results = {"checks": {}, "error": None, "finished": False}
+        self.scenario = scenario(self)
+        self.waiting = None
+        self.deadline = 0.0
+        self.started = False
+
+    def check(self, name, ok, detail=""):
+        self.results["checks"][name] = {"ok": bool(ok), "detail": str(detail)}
+
+    def start(self):
+        if self.started:  # windowCreated may fire twice
+            return
+        self.started = True
+        self.save()  # tells the test that the driver runs
+        QTimer.singleShot(0, self.tick)
+
+    def tick(self):
+        try:
+            if self.waiting is not None:
+                if not self.waiting.condition():
+                    if time.monotonic() > self.deadline:
+                        raise TimeoutError(f"timed out waiting for {self.waiting.what}")
+                    QTimer.singleShot(POLL_MS, self.tick)
+                    return
+                self.waiting = None
+            step = next(self.scenario)
+        except StopIteration:
+            self.results["finished"] = True
+            self.finish()
+            return
+        except Exception:
+            self.results["error"] = traceback.format_exc()
+            self.finish()
+            return
+        if isinstance(step, Sleep):
+            QTimer.singleShot(int(step.seconds * 1000), self.tick)
+        else:
+            self.waiting = step
+            self.deadline = time.monotonic() + step.timeout
+            QTimer.singleShot(0, self.tick)
+
+    def save(self):
+        if RESULTS:
+            with open(RESULTS, "w", encoding="utf-8") as file:
+                json.dump(self.results, file, indent=1)
+
+    def finish(self):
+        self.save()
+        app = Krita.instance()
+        for document in app.documents():
+            document.setModified(False)
+        QTimer.singleShot(300, lambda: app.action("file_quit").trigger())
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+
+def uid(node):
+    return node.uniqueId().toString()
+
+
+def walk(node):
+    for child in node.childNodes():
+        yield child
+        yield from walk(child)
+
+
+def ids(document):
+    return [uid(node) for node in walk(document.rootNode())]
+
+
+def names(document):
+    """Top-level layer names, bottom first (without the global selection's mask)."""
+    return [
+        node.name() for node in document.rootNode().childNodes() if node.type() != "selectionmask"
+    ]
+
+
+def by_name(document, name):
+    for node in walk(document.rootNode()):
+        if node.name() == name:
+            return node
+    raise LookupError(name)
+
+
+def snapshot(document, nodes):
+    """The pixels and visibility of the given layers (to prove they are unchanged)."""
+    return {
+        uid(node): (
+            bytes(node.pixelData(0, 0, document.width(), document.height())),
+            node.visible(),
+        )
+        for node in nodes
+    }
+
+
+def alpha_box(node, document):
+    from layerdiffuse.geometry import Extent
+    from layerdiffuse.pixels import alpha_bounds
+
+    data = bytes(node.pixelData(0, 0, document.width(), document.height()))
+    return alpha_bounds(data, Extent(document.width(), document.height()))
+
+
+def docker_widget(name, kind):
+    window = Krita.instance().activeWindow().qwindow()
+    dock = window.findChild(QDockWidget, "layerdiffuse_docker")
+    return dock.findChild(kind, name) if dock is not None else None
+
+
+def message():
+    label = docker_widget("message", QLabel)
+    return label.text() if label is not None else ""
+
+
+def activate(document, node):
+    document.setActiveNode(node)
+    return Wait(
+        f"{node.name()} to become active",
+        lambda: document.activeNode() is not None and uid(document.activeNode()) == uid(node),
+        10.0,
+    )
+
+
+# The scenario --------------------------------------------------------------------------------
+
+
+def scenario(run):
+    app = Krita.instance()
+    window = app.activeWindow()
+    yield Wait("the window", lambda: app.activeWindow() is not None, 30.0)
+    window = app.activeWindow()
+
+    # A document with a white background and one painted layer of the user's.
+    document = app.createDocument(WIDTH, HEIGHT, "layerdiffuse-e2e", "RGBA", "U8", "", 72.0)
+    window.addView(document)
+    yield Wait("the document to be active", lambda: app.activeDocument() is not None, 20.0)
+    background = document.rootNode().childNodes()[0]
+    user = document.createNode(USER_LAYER, "paintlayer")
+    painted = bytearray(WIDTH * HEIGHT * 4)
+    for y in range(20, 90):
+        for x in range(30, 120):
+            offset = (y * WIDTH + x) * 4
+            painted[offset : offset + 4] = bytes((40, 60, 200, 255 if x < 80 else 128))  # B G R A
+    user.setPixelData(bytes(painted), 0, 0, WIDTH, HEIGHT)
+    document.rootNode().addChildNode(user, None)
+    document.waitForDone()
+    user = by_name(document, USER_LAYER)
+    background = by_name(document, background.name())
+    originals = snapshot(document, [background, user])
+
+    def users_unchanged():
+        now = snapshot(document, [by_name(document, USER_LAYER), by_name(document, "Background")])
+        return now == originals
+
+    # The docker, connected; the actions, with their texts from the .action file.
+    yield Wait("the docker", lambda: docker_widget("connection_status", QLabel) is not None, 30.0)
+    dock = window.qwindow().findChild(QDockWidget, "layerdiffuse_docker")
+    dock.show()
+    yield Wait(
+        "the docker to connect",
+        lambda: "Connected" in docker_widget("connection_status", QLabel).text(),
+        30.0,
+    )
+    run.check("docker_connected", True, docker_widget("connection_status", QLabel).text())
+    prompt = docker_widget("prompt", QPlainTextEdit)
+    run.check("prompt_from_settings", PROMPT in prompt.toPlainText(), prompt.toPlainText())
+    found = {name: app.action(name) for name in ACTIONS}
+    run.check(
+        "actions_registered",
+        all(action is not None for action in found.values()),
+        {name: action is not None for name, action in found.items()},
+    )
+    tooltip = found["layerdiffuse_generate_background"].toolTip()
+    run.check("action_file_loaded", "directly below" in tooltip, tooltip)
+    menu_bar = window.qwindow().menuBar()
+    tools = next(a.menu() for a in menu_bar.actions() if a.objectName() == "tools")
+    scripts = next(a.menu() for a in tools.actions() if a.objectName() == "scripts")
+    in_menu = {a.objectName() for a in scripts.actions()}
+    run.check("actions_in_tools_scripts", set(ACTIONS) <= in_menu, sorted(in_menu))
+
+    def generate(action_name, expected_new, anchor):
+        """Activate `anchor`, trigger the action, wait for `expected_new` new layers."""
+        before = set(ids(document))
+        yield activate(document, anchor)
+        app.action(action_name).trigger()
+        yield Wait(
+            f"{action_name} to insert {expected_new} layer(s)",
+            lambda: (
+                message().startswith(("Inserted", "Cancelled"))
+                or docker_widget("message", QLabel).styleSheet().find("#c0392b") >= 0
+            ),
+        )
+        new = [node for node in walk(document.rootNode()) if uid(node) not in before]
+        run.check(f"{action_name}:message", message().startswith("Inserted"), message())
+        run.check(f"{action_name}:count", len(new) == expected_new, [n.name() for n in new])
+        return new
+
+    def check_layer(label, node, region):
+        box = alpha_box(node, document)
+        run.check(f"{label}:alpha_not_empty", box is not None, box)
+        inside = (
+            box is not None
+            and box.x >= region[0]
+            and box.y >= region[1]
+            and box.x + box.width <= region[0] + region[2]
+            and box.y + box.height <= region[1] + region[3]
+        )
+        run.check(f"{label}:inside_region", inside, (box, region))
+        run.check(
+            f"{label}:name", PROMPT[:20] in node.name() and "seed" in node.name(), node.name()
+        )
+
+    canvas = (0, 0, WIDTH, HEIGHT)
+
+    # 1. A transparent layer from the prompt: directly above the active layer.
+    new = yield from generate("layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER))
+    layer = new[0]
+    run.check(
+        "layer:above_active",
+        names(document) == ["Background", USER_LAYER, layer.name()],
+        names(document),
+    )
+    check_layer("layer", layer, canvas)
+    run.check("layer:full_size", alpha_box(layer, document) is not None, "")
+    run.check("layer:users_unchanged", users_unchanged(), "")
+    layer_name = layer.name()
+
+    # One undo removes it (a single undo step), redo brings it back.
+    app.action("edit_undo").trigger()
+    yield Wait("undo", lambda: layer_name not in names(document), 10.0)
+    run.check("undo:removes_layer", names(document) == ["Background", USER_LAYER], names(document))
+    run.check("undo:users_unchanged", users_unchanged(), "")
+    app.action("edit_redo").trigger()
+    yield Wait("redo", lambda: layer_name in names(document), 10.0)
+    run.check("undo:redo_restores", names(document)[-1] == layer_name, names(document))
+
+    # 2. A background for the user's layer, in a selection: directly below it, inside it.
+    selection = Selection()
+    selection.select(40, 24, 64, 48, 255)
+    document.setSelection(selection)
+    new = yield from generate("layerdiffuse_generate_background", 1, by_name(document, USER_LAYER))
+    background_layer = new[0]
+    order = names(document)
+    run.check(
+        "background:below_active",
+        order == ["Background", background_layer.name(), USER_LAYER, layer_name],
+        order,
+    )
+    run.check(
+        "background:role_in_name", "background" in background_layer.name(), background_layer.name()
+    )
+    check_layer("background", background_layer, (40, 24, 64, 48))
+    run.check("background:users_unchanged", users_unchanged(), "")
+    app.action("deselect").trigger()
+    yield Wait("the selection to go", lambda: document.selection() is None, 10.0)
+
+    # 3. A foreground into the scene: directly above the active layer; the transparent
+    # layer above it was hidden for the read and is visible again.
+    new = yield from generate("layerdiffuse_generate_foreground", 1, by_name(document, USER_LAYER))
+    foreground = new[0]
+    order = names(document)
+    run.check(
+        "foreground:above_active",
+        order == ["Background", background_layer.name(), USER_LAYER, foreground.name(), layer_name],
+        order,
+    )
+    check_layer("foreground", foreground, canvas)
+    run.check("foreground:layers_above_visible_again", by_name(document, layer_name).visible(), "")
+    run.check("foreground:users_unchanged", users_unchanged(), "")
+
+    # 4. Foreground and background together, from the docker's method choice.
+    method = docker_widget("method", QComboBox)
+    method.setCurrentIndex(method.findData("together"))
+    before = set(ids(document))
+    yield activate(document, by_name(document, USER_LAYER))
+    docker_widget("generate", QPushButton).click()
+    yield Wait(
+        "together to insert",
+        lambda: (
+            message().startswith("Inserted")
+            or "#c0392b" in docker_widget("message", QLabel).styleSheet()
+        ),
+    )
+    new = [node for node in walk(document.rootNode()) if uid(node) not in before]
+    run.check("together:count", len(new) == 2, [n.name() for n in new])
+    order = names(document)
+    user_index = order.index(USER_LAYER)
+    pair = order[user_index + 1 : user_index + 3]
+    run.check(
+        "together:pair_above_active",
+        len(pair) == 2 and "background" in pair[0] and "foreground" in pair[1],
+        order,
+    )
+    for node in new:
+        check_layer(
+            f"together:{'foreground' if 'foreground' in node.name() else 'background'}",
+            node,
+            canvas,
+        )
+    run.check("together:users_unchanged", users_unchanged(), "")
+
+    # The docker after a real generation (prompt, status, progress and preview).
+    if SCREENSHOT:
+        dock.setFloating(True)
+        dock.resize(400, 900)
+        yield Sleep(1.0)
+        dock.grab().save(SCREENSHOT, "PNG")
+        dock.setFloating(False)
+        run.check("screenshot_saved", os.path.isfile(SCREENSHOT), SCREENSHOT)
+    method.setCurrentIndex(method.findData("transparent_layer"))
+
+    # 5. A background for the bottom-most layer goes below it (lowered with Krita's action).
+    new = yield from generate(
+        "layerdiffuse_generate_background", 1, by_name(document, "Background")
+    )
+    order = names(document)
+    run.check("bottom:below_bottom_layer", order[:2] == [new[0].name(), "Background"], order)
+    run.check("bottom:users_unchanged", users_unchanged(), "")
+
+    # 6. Cancel: nothing is inserted.
+    steps = docker_widget("steps", QSpinBox)
+    steps.setValue(150)
+    before = set(ids(document))
+    yield activate(document, by_name(document, USER_LAYER))
+    app.action("layerdiffuse_generate_layer").trigger()
+    yield Wait("progress", lambda: docker_widget("progress", QProgressBar).value() > 0, 60.0)
+    app.action("layerdiffuse_cancel").trigger()
+    yield Wait("the cancel", lambda: message().startswith("Cancelled"), 30.0)
+    yield Sleep(1.5)
+    run.check("cancel:message", message().startswith("Cancelled"), message())
+    run.check("cancel:nothing_inserted", set(ids(document)) == before, names(document))
+    run.check("cancel:users_unchanged", users_unchanged(), "")
+    steps.setValue(4)
+
+    # 7. A document that is not 8-bit RGBA gets a clear message and no layer.
+    gray = app.createDocument(64, 64, "layerdiffuse-gray", "GRAYA", "U8", "", 72.0)
+    window.addView(gray)
+    yield Wait(
+        "the gray document", lambda: app.activeDocument().name() == "layerdiffuse-gray", 20.0
+    )
+    before = set(ids(gray))
+    app.action("layerdiffuse_generate_layer").trigger()
+    yield Wait("the message", lambda: "8-bit RGBA" in message(), 10.0)
+    run.check("gray:message", "8-bit RGBA" in message() and "GRAYA" in message(), message())
+    run.check("gray:nothing_inserted", set(ids(gray)) == before, names(gray))
+
+
+class DriverExtension(Extension):
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.runner = Runner(scenario)
+
+    def setup(self):
+        notifier = Krita.instance().notifier()
+        notifier.setActive(True)
+        notifier.windowCreated.connect(lambda: QTimer.singleShot(1500, self.runner.start))
+
+    def createActions(self, window):
+        pass
+
+
+Krita.instance().addExtension(DriverExtension(Krita.instance()))

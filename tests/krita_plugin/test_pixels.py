@@ -1,0 +1,112 @@
+"""BGRA bytes: size checks, crops, pads, swaps and alpha bounds against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from krita_plugin.geometry import Bounds, Extent
+from krita_plugin.pixels import (
+    alpha_bounds,
+    check_size,
+    crop,
+    has_visible_pixels,
+    pad,
+    swap_red_blue,
+    transparent,
+)
+
+
+def image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+
+
+def test_check_size_names_the_sizes() -> None:
+    check_size(bytes(4 * 6), Extent(2, 3))
+    with pytest.raises(ValueError, match="20 bytes for 2x3 pixels, expected 24"):
+        check_size(bytes(20), Extent(2, 3))
+    with pytest.raises(ValueError):
+        check_size(b"", Extent(0, 3))
+
+
+def test_transparent_is_all_zero() -> None:
+    assert transparent(Extent(3, 2)) == bytes(24)
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.data(),
+)
+def test_crop_matches_numpy(width: int, height: int, data: st.DataObject) -> None:
+    x = data.draw(st.integers(0, width - 1))
+    y = data.draw(st.integers(0, height - 1))
+    w = data.draw(st.integers(1, width - x))
+    h = data.draw(st.integers(1, height - y))
+    pixels = image(width, height)
+    got = crop(pixels.tobytes(), Extent(width, height), Bounds(x, y, w, h))
+    assert got == pixels[y : y + h, x : x + w].tobytes()
+
+
+def test_crop_refuses_bounds_outside_the_image() -> None:
+    with pytest.raises(ValueError, match="not inside"):
+        crop(bytes(4 * 4 * 4), Extent(4, 4), Bounds(2, 2, 4, 1))
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(1, 8),
+    st.integers(-6, 10),
+    st.integers(-6, 10),
+)
+def test_pad_places_an_image_on_a_transparent_canvas(w: int, h: int, x: int, y: int) -> None:
+    pixels = image(w, h, seed=1)
+    canvas = np.zeros((9, 10, 4), np.uint8)
+    for row in range(h):
+        for column in range(w):
+            if 0 <= y + row < 9 and 0 <= x + column < 10:
+                canvas[y + row, x + column] = pixels[row, column]
+    assert pad(pixels.tobytes(), Bounds(x, y, w, h), Extent(10, 9)) == canvas.tobytes()
+
+
+def test_swap_red_blue_swaps_channels_zero_and_two() -> None:
+    assert swap_red_blue(bytes((1, 2, 3, 4, 5, 6, 7, 8))) == bytearray((3, 2, 1, 4, 7, 6, 5, 8))
+    pixels = image(5, 3, seed=2)
+    assert swap_red_blue(pixels.tobytes()) == pixels[..., [2, 1, 0, 3]].tobytes()
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        swap_red_blue(bytes(6))
+
+
+def test_has_visible_pixels_looks_at_alpha_only() -> None:
+    assert not has_visible_pixels(bytes((255, 255, 255, 0)) * 10)
+    assert has_visible_pixels(bytes((0, 0, 0, 0)) * 9 + bytes((0, 0, 0, 1)))
+
+
+def test_alpha_bounds_of_empty_and_partial_images() -> None:
+    pixels = np.zeros((6, 8, 4), np.uint8)
+    assert alpha_bounds(pixels.tobytes(), Extent(8, 6)) is None
+    pixels[1:4, 2:7, 3] = 9
+    pixels[5, 0, 3] = 1
+    pixels[2, 4, :3] = 255  # colour without alpha does not count
+    assert alpha_bounds(pixels.tobytes(), Extent(8, 6)) == Bounds(0, 1, 7, 5)
+
+
+@given(st.integers(1, 10), st.integers(1, 10), st.integers(0, 2**32 - 1))
+def test_alpha_bounds_matches_numpy(width: int, height: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = np.zeros((height, width, 4), np.uint8)
+    pixels[..., 3] = rng.integers(0, 2, (height, width)) * rng.integers(1, 256, (height, width))
+    rows, columns = np.nonzero(pixels[..., 3])
+    expected = (
+        None
+        if rows.size == 0
+        else Bounds(
+            int(columns.min()),
+            int(rows.min()),
+            int(columns.max() - columns.min() + 1),
+            int(rows.max() - rows.min() + 1),
+        )
+    )
+    assert alpha_bounds(pixels.tobytes(), Extent(width, height)) == expected

@@ -1,0 +1,369 @@
+"""The job logic of `DockerState`: a fake canvas, the real client and a real demo backend.
+
+The canvas is the only fake (Krita's side is tested in Krita, `in_krita/`): it records
+what it was asked to read and insert. The SDXL two-step chains run against a recording
+backend, as the demo backend serves SD1.5 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from krita_plugin.client import ConnectionState, JobResult
+from krita_plugin.errors import DocumentClosed, PluginError, UnsupportedDocument
+from krita_plugin.geometry import Bounds
+from krita_plugin.placement import Capture, InputSource, NewLayer, Placement
+from krita_plugin.recipes import Action
+from krita_plugin.state import DockerState, Message, layer_name
+from protocol import (
+    DEFAULT_LIMITS,
+    METHOD_SPECS,
+    PROTOCOL_VERSION,
+    Capabilities,
+    LayerRole,
+    Method,
+    ModelFamily,
+    ModelInfo,
+    PixelFormat,
+    ResizeMode,
+    Sampler,
+    Submit,
+    Welcome,
+)
+
+from .conftest import DemoServer, running_client, wait_for
+from .test_settings import DictStore
+
+TIMEOUT = 60.0
+REGION = Bounds(4, 2, 40, 30)
+SETTINGS = {
+    "prompt": "a glass cup",
+    "steps": "3",
+    "fit_to_native": "false",
+    "random_seed": "false",
+    "seed": "11",
+}
+
+
+class FakeCanvas:
+    """Records captures and inserts; `error` makes `capture` or `insert` raise it."""
+
+    def __init__(
+        self, capture_error: PluginError | None = None, insert_error: PluginError | None = None
+    ) -> None:
+        self.capture_error = capture_error
+        self.insert_error = insert_error
+        self.captures: list[InputSource] = []
+        self.inserted: list[NewLayer] = []
+
+    def capture(self, source: InputSource) -> Capture:
+        if self.capture_error is not None:
+            raise self.capture_error
+        self.captures.append(source)
+        pixels = None
+        if source is not InputSource.NOTHING:
+            pixels = bytes((30, 60, 90, 255)) * (REGION.width * REGION.height)
+        return Capture("document", "anchor", "User Paint", REGION, pixels)
+
+    async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
+        if self.insert_error is not None:
+            raise self.insert_error
+        self.inserted.extend(layers)
+        return [layer.name for layer in layers]
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT * 2))
+
+
+def new_state(client: Any, canvas: FakeCanvas, **settings: str) -> DockerState:
+    busy: list[bool] = []
+    state = DockerState(
+        DictStore({**SETTINGS, **settings}), canvas, client, asyncio.ensure_future, busy.append
+    )
+    state.busy_calls = busy  # type: ignore[attr-defined]
+    state.events = []  # type: ignore[attr-defined]
+    state.changed.connect(state.events.append)  # type: ignore[attr-defined]
+    return state
+
+
+def layer_size(layer: NewLayer) -> int:
+    return len(layer.pixels) // 4
+
+
+@pytest.mark.parametrize(
+    ("action", "source", "expected"),
+    [
+        (Action.TRANSPARENT_LAYER, InputSource.NOTHING, [("foreground", Placement.ABOVE)]),
+        (Action.BACKGROUND, InputSource.ACTIVE_LAYER, [("background", Placement.BELOW)]),
+        (Action.FOREGROUND, InputSource.SCENE, [("foreground", Placement.ABOVE)]),
+        (Action.TOGETHER, InputSource.NOTHING,
+         [("background", Placement.ABOVE), ("foreground", Placement.ABOVE)]),
+    ],
+)  # fmt: skip
+def test_each_action_inserts_its_layers_where_they_belong(
+    demo_server: DemoServer,
+    action: Action,
+    source: InputSource,
+    expected: list[tuple[str, Placement]],
+) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas)
+            task = state.generate(action)
+            assert task is not None
+            assert state.running
+            names = await task
+            assert canvas.captures == [source]
+            assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
+                (f"a glass cup ({role}, seed 11)", placement) for role, placement in expected
+            ]
+            assert names == [layer.name for layer in canvas.inserted]
+            assert all(layer.visible for layer in canvas.inserted)
+            assert all(layer_size(layer) == 40 * 30 for layer in canvas.inserted)
+            assert state.message == Message(f"Inserted {', '.join(f'“{n}”' for n in names)}.")
+            assert not state.running and state.progress is None
+            assert state.preview is not None
+            assert state.busy_calls == [True, False]  # type: ignore[attr-defined]
+            events = state.events  # type: ignore[attr-defined]
+            assert events.count("progress") >= 3 and "preview" in events
+
+    run(scenario)
+
+
+def test_the_blended_image_is_also_inserted_hidden_when_asked(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas, insert_blended="true")
+            await state.generate(Action.BACKGROUND)
+            assert [(layer.name, layer.placement, layer.visible) for layer in canvas.inserted] == [
+                ("a glass cup (background, seed 11)", Placement.BELOW, True),
+                ("a glass cup (blended, seed 11)", Placement.BELOW, False),
+            ]
+
+    run(scenario)
+
+
+def test_a_random_seed_is_picked_and_named(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas, random_seed="true")
+            await state.generate(Action.TRANSPARENT_LAYER)
+            await state.generate(Action.TRANSPARENT_LAYER)
+            first, second = (layer.name for layer in canvas.inserted)
+            assert first != second
+            assert first.startswith("a glass cup (foreground, seed ")
+
+    run(scenario)
+
+
+def test_cancel_inserts_nothing(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas, steps="150")
+            task = state.generate(Action.TRANSPARENT_LAYER)
+            assert task is not None
+            await wait_for(lambda: (state.progress or 0) > 0)
+            state.cancel()
+            assert state.message == Message("Cancelling…")
+            assert await task == []
+            assert canvas.inserted == []
+            assert state.message == Message("Cancelled. Nothing was inserted.")
+            assert not state.running
+
+    run(scenario)
+
+
+def test_a_second_job_while_one_runs_is_refused(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas)
+            task = state.generate(Action.TRANSPARENT_LAYER)
+            assert state.generate(Action.BACKGROUND) is None
+            assert state.message == Message(
+                "A generation is already running. Wait for it, or press Cancel.", True
+            )
+            assert task is not None
+            await task
+            assert len(canvas.inserted) == 1
+
+    run(scenario)
+
+
+def test_a_document_the_canvas_refuses_starts_nothing(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas(capture_error=UnsupportedDocument("GRAYA", "U8"))
+            state = new_state(client, canvas)
+            assert state.generate(Action.TRANSPARENT_LAYER) is None
+            assert state.message.is_error
+            assert "8-bit RGBA documents, and this one is GRAYA U8" in state.message.text
+            assert not state.running
+            assert state.busy_calls == []  # type: ignore[attr-defined]
+
+    run(scenario)
+
+
+def test_the_backends_refusal_is_the_message_and_nothing_is_inserted(
+    demo_server: DemoServer,
+) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas)
+            state.update_settings(cfg_scale=31.0)  # the backend allows 1..30
+            await state.generate(Action.TRANSPARENT_LAYER)
+            assert canvas.inserted == []
+            assert state.message.is_error
+            assert state.message.text.startswith("The backend can't run this with these settings.")
+
+    run(scenario)
+
+
+def test_a_closed_document_is_the_message(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            state = new_state(client, FakeCanvas(insert_error=DocumentClosed()))
+            await state.generate(Action.TRANSPARENT_LAYER)
+            assert state.message == Message(
+                "The document was closed before the result arrived; nothing was inserted.", True
+            )
+
+    run(scenario)
+
+
+def test_without_a_connection_the_message_says_why() -> None:
+    async def scenario() -> None:
+        async with running_client("ws://127.0.0.1:9") as client:
+            state = new_state(client, FakeCanvas())
+            await wait_for(lambda: "Can't reach" in state.connection_text)
+            assert state.connection is ConnectionState.DISCONNECTED
+            assert "connection" in state.events  # type: ignore[attr-defined]
+            assert state.generate(Action.TRANSPARENT_LAYER) is None
+            assert state.message == Message(state.connection_text, True)
+
+    run(scenario)
+
+
+def test_sdxl_chosen_against_an_sd15_backend_is_explained(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            state = new_state(client, FakeCanvas(), family="sdxl")
+            assert state.generate(Action.TRANSPARENT_LAYER) is None
+            assert state.message.text.startswith(
+                "The backend does not offer sdxl_transparent_attn, which “Transparent layer "
+                "from the prompt” needs with SDXL"
+            )
+
+    run(scenario)
+
+
+def test_settings_are_saved_and_a_new_address_reconnects(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client("ws://127.0.0.1:9") as client:
+            canvas = FakeCanvas()
+            state = new_state(client, canvas)
+            state.update_settings(server_url=demo_server.url, steps=7)
+            assert state.store.values["server_url"] == demo_server.url  # type: ignore[attr-defined]
+            assert state.store.values["steps"] == "7"  # type: ignore[attr-defined]
+            await wait_for(lambda: state.connection is ConnectionState.CONNECTED)
+            assert state.connection_text.startswith("Connected to 127.0.0.1")
+
+    run(scenario)
+
+
+class RecordingBackend:
+    """A connected SDXL backend that records submits and answers each with its outputs."""
+
+    def __init__(self) -> None:
+        self.state = ConnectionState.CONNECTED
+        self.status = "Connected."
+        self.on_state = None
+        self.submits: list[tuple[Submit, dict[str, bytes]]] = []
+        self.welcome = Welcome(
+            PROTOCOL_VERSION,
+            "recording",
+            "session",
+            ModelInfo("sdxl-base", ModelFamily.SDXL, False),
+            Capabilities(
+                tuple(method for method in Method if method.value.startswith("sdxl")),
+                (ModelFamily.SDXL,),
+                tuple(Sampler),
+                tuple(ResizeMode),
+                tuple(PixelFormat),
+            ),
+            DEFAULT_LIMITS,
+        )
+
+    async def run_job(
+        self, submit: Submit, images: dict[str, bytes], on_progress: Any = None
+    ) -> list[JobResult]:
+        self.submits.append((submit, images))
+        size = submit.request.width * submit.request.height * 4
+        outputs = METHOD_SPECS[submit.request.method].outputs
+        index = len(self.submits)
+        return [JobResult(0, submit.request.seed, {r: bytes([index]) * size for r in outputs})]
+
+
+@pytest.mark.parametrize(
+    ("action", "methods", "captured", "role", "placement"),
+    [
+        (Action.BACKGROUND, ["sdxl_fg2ble", "sdxl_fgble2bg"], LayerRole.FOREGROUND,
+         "background", Placement.BELOW),
+        (Action.FOREGROUND, ["sdxl_bg2ble", "sdxl_bgble2fg"], LayerRole.BACKGROUND,
+         "foreground", Placement.ABOVE),
+    ],
+)  # fmt: skip
+def test_sdxl_layer_actions_chain_two_methods(
+    action: Action, methods: list[str], captured: LayerRole, role: str, placement: Placement
+) -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        canvas = FakeCanvas()
+        state = new_state(backend, canvas)
+        await state.generate(action)
+        first, second = backend.submits
+        assert [s.request.method.value for s, _ in backend.submits] == methods
+        assert [layer.role for layer in first[0].inputs] == [captured]
+        assert first[1][first[0].inputs[0].image.id] == canvas_pixels()
+        submit, images = second
+        roles = {layer.role: images[layer.image.id] for layer in submit.inputs}
+        assert roles[captured] == canvas_pixels()
+        assert roles[LayerRole.BLENDED] == bytes([1]) * (40 * 30 * 4)  # the first step's output
+        assert {s.request.seed for s, _ in backend.submits} == {11}
+        assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
+            (f"a glass cup ({role}, seed 11)", placement)
+        ]
+        assert canvas.inserted[0].pixels == bytes([2]) * (40 * 30 * 4)
+
+    run(scenario)
+
+
+def canvas_pixels() -> bytes:
+    return bytes((30, 60, 90, 255)) * (REGION.width * REGION.height)
+
+
+def test_layer_names_carry_prompt_role_and_seed() -> None:
+    assert layer_name("a glass cup", LayerRole.FOREGROUND, 7) == "a glass cup (foreground, seed 7)"
+    assert layer_name("", LayerRole.BACKGROUND, 1) == "LayerDiffuse (background, seed 1)"
+    long = layer_name("word " * 30 + "\nnext line", LayerRole.BLENDED, 3)
+    assert long.endswith("… (blended, seed 3)")
+    assert "\n" not in long and len(long) < 80
