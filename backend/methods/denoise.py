@@ -8,14 +8,19 @@ layout as long as rows are a multiple of the frame count.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from protocol import Sampler
 
 from .samplers import SAMPLERS_WITH_NOISE, make_scheduler
+
+if TYPE_CHECKING:
+    from ..model_set import ModelSet
+    from .request import GenerationRequest
 
 
 class StepCallback(Protocol):
@@ -139,3 +144,67 @@ def denoise(
         sample = scheduler.step(prediction, timestep, sample, **step_kwargs).prev_sample
         on_step(index + 1, total, sample)
     return sample
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet is conditioned on for every pass of a job (rows of one pass)."""
+
+    context: torch.Tensor
+    uncond_context: torch.Tensor
+    added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
+def sample_passes(
+    request: GenerationRequest,
+    models: ModelSet,
+    on_step: StepCallback,
+    *,
+    rows: int,
+    size: tuple[int, int],
+    conditioning: Conditioning,
+    use_layer_model: Callable[[bool], None],
+    source: torch.Tensor | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Run the request's `batch_count` passes of `rows` rows; yield each pass's seeds and latents.
+
+    Row r of pass b uses seed `request.seed + b·rows + r`, consecutive across the job as
+    A1111 numbers a batch, so any row can be reproduced alone. Progress counts steps
+    across all passes.
+
+    Args:
+        rows: latent rows per pass (results × frames).
+        size: (width, height) of the generation.
+        conditioning: contexts (and SDXL's added conditions) for `rows` rows.
+        use_layer_model: switches the layer model on and off (Stop At).
+        source: (1, 4, h, w) scaled img2img latents, or None.
+    """
+    width, height = size
+    for index in range(request.batch_count):
+        first = request.seed + index * rows
+        seeds = list(range(first, first + rows))
+        noise, generators = seeded_noise(
+            seeds, (4, height // 8, width // 8), models.device, models.dtype
+        )
+
+        def report(step: int, total: int, latents: torch.Tensor, index: int = index) -> None:
+            on_step(index * total + step, request.batch_count * total, latents)
+
+        latents = denoise(
+            unet=models.base.unet,
+            sampler=request.sampler,
+            scheduler_config=models.base.scheduler_config,
+            latents=None if source is None else source.expand(rows, -1, -1, -1),
+            noise=noise,
+            generators=generators,
+            context=conditioning.context,
+            uncond_context=conditioning.uncond_context,
+            cfg_scale=request.cfg_scale,
+            steps=request.steps,
+            strength=request.denoise_strength if source is not None else 1.0,
+            on_step=report,
+            use_layer_model=use_layer_model,
+            ending_step=request.ending_step,
+            added_conditions=conditioning.added_conditions,
+        )
+        yield seeds, latents

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from protocol import METHOD_SPECS, Method
 
 from ..errors import InvalidRequest
 from ..model_set import ModelSet
 from . import sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
 from .denoise import StepCallback, no_progress
-from .request import GenerationRequest, GenerationResult
-
-MethodRunner = Callable[[GenerationRequest, ModelSet, StepCallback], GenerationResult]
+from .request import GenerationRequest, GenerationResult, MethodRunner
 
 METHOD_RUNNERS: dict[Method, MethodRunner] = {
     Method.SD15_TRANSPARENT: sd15_transparent.run,

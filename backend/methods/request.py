@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protocol import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
 
 from ..errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from ..model_set import ModelSet
+    from .denoise import StepCallback
 
 MAX_STEPS = 150
 MAX_SIDE = 4096
@@ -113,6 +119,10 @@ class GenerationResult:
     images: list[dict[LayerRole, np.ndarray]]
     seeds: list[int]
     generation_size: tuple[int, int]
+
+
+MethodRunner = Callable[[GenerationRequest, "ModelSet", "StepCallback"], GenerationResult]
+"""One method: request, models and a progress callback in, the results out."""
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

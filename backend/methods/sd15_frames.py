@@ -16,7 +16,7 @@ from protocol import LayerRole
 
 from ..layerdiffuse import attach_sd15_layer_model
 from ..model_set import ModelSet
-from .denoise import StepCallback, denoise, seeded_noise
+from .denoise import Conditioning, StepCallback, sample_passes
 from .prompts import layer_prompt
 from .request import GenerationRequest, GenerationResult
 from .sizing import composite_on_gray, fit_rgba, generation_size
@@ -78,35 +78,19 @@ def run_frames(
     try:
         if control_role is not None:
             handle.set_control(control_image(request, control_role, width, height))
-        for batch in range(request.batch_count):
-            # 4. Noise: one seed per row, consecutive across the whole run.
-            first = request.seed + batch * rows
-            noise, generators = seeded_noise(
-                list(range(first, first + rows)),
-                (4, height // 8, width // 8),
-                models.device,
-                models.dtype,
-            )
-
-            def report(step: int, total: int, latents: torch.Tensor, batch: int = batch) -> None:
-                on_step(batch * total + step, request.batch_count * total, latents)
-
-            latents = denoise(
-                unet=models.base.unet,
-                sampler=request.sampler,
-                scheduler_config=models.base.scheduler_config,
-                latents=None if source is None else source.expand(rows, -1, -1, -1),
-                noise=noise,
-                generators=generators,
-                context=context,
-                uncond_context=uncond,
-                cfg_scale=request.cfg_scale,
-                steps=request.steps,
-                strength=request.denoise_strength if source is not None else 1.0,
-                on_step=report,
-                use_layer_model=handle.set_active,
-                ending_step=request.ending_step,
-            )
+        conditioning = Conditioning(context, uncond)
+        passes = sample_passes(
+            request,
+            models,
+            on_step,
+            rows=rows,
+            size=(width, height),
+            conditioning=conditioning,
+            use_layer_model=handle.set_active,
+            source=source,
+        )
+        # 4. Each pass: one seed per row, consecutive across the job.
+        for pass_seeds, latents in passes:
             # 5. Decode every row; the foreground frame also through the transparent decoder.
             layers = _decode_frames(models, latents, frame_roles)
             for index in range(request.batch_size):
@@ -121,7 +105,7 @@ def run_frames(
                         for f, role in enumerate(frame_roles)
                     }
                 )
-                seeds.append(first + index * frames)
+                seeds.append(pass_seeds[index * frames])
     finally:
         handle.detach()
     return GenerationResult(images=images, seeds=seeds, generation_size=(width, height))

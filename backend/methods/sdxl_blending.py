@@ -26,71 +26,40 @@ from protocol import LayerRole, Sampler
 
 from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
-from .request import GenerationRequest, GenerationResult
+from .request import GenerationRequest, GenerationResult, MethodRunner
 from .sdxl_recipe import run_layer_file
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 _DPM_SAMPLERS = (Sampler.DPMPP_2M_KARRAS, Sampler.DPMPP_2M_SDE_KARRAS)
 
 
-def run_fg_to_blend(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """The blended image for a foreground."""
-    return run_layer_file(
-        request,
-        models,
-        on_step,
-        layer_file="layer_xl_fg2ble",
-        output=_BLEND,
-        transparent=False,
-        condition=(_FG,),
+def _single_step(
+    layer_file: str, output: LayerRole, transparent: bool, condition: tuple[LayerRole, ...]
+) -> MethodRunner:
+    def run(
+        request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+    ) -> GenerationResult:
+        return run_layer_file(
+            request,
+            models,
+            on_step,
+            layer_file=layer_file,
+            output=output,
+            transparent=transparent,
+            condition=condition,
+        )
+
+    run.__doc__ = (
+        f"{output.value} from {' + '.join(role.value for role in condition)} ({layer_file})"
     )
+    return run
 
 
-def run_bg_to_blend(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """The blended image for a background."""
-    return run_layer_file(
-        request,
-        models,
-        on_step,
-        layer_file="layer_xl_bg2ble",
-        output=_BLEND,
-        transparent=False,
-        condition=(_BG,),
-    )
-
-
-def run_fg_blend_to_bg(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """The background behind a foreground, given their blend."""
-    return run_layer_file(
-        request,
-        models,
-        on_step,
-        layer_file="layer_xl_fgble2bg",
-        output=_BG,
-        transparent=False,
-        condition=(_FG, _BLEND),
-    )
-
-
-def run_bg_blend_to_fg(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """The transparent foreground in front of a background, given their blend."""
-    return run_layer_file(
-        request,
-        models,
-        on_step,
-        layer_file="layer_xl_bgble2fg",
-        output=_FG,
-        transparent=True,
-        condition=(_BG, _BLEND),
-    )
+# The four released conditional models, as the table above lists them.
+run_fg_to_blend = _single_step("layer_xl_fg2ble", _BLEND, False, (_FG,))
+run_bg_to_blend = _single_step("layer_xl_bg2ble", _BLEND, False, (_BG,))
+run_fg_blend_to_bg = _single_step("layer_xl_fgble2bg", _BG, False, (_FG, _BLEND))
+run_bg_blend_to_fg = _single_step("layer_xl_bgble2fg", _FG, True, (_BG, _BLEND))
 
 
 def run_fg_to_bg(

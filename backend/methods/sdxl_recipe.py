@@ -15,7 +15,7 @@ from protocol import LayerRole
 
 from ..layerdiffuse import attach_sdxl_layer_model
 from ..model_set import ModelSet
-from .denoise import StepCallback, denoise, seeded_noise
+from .denoise import Conditioning, StepCallback, sample_passes
 from .request import GenerationRequest, GenerationResult
 from .sizing import fit_rgba, generation_size
 from .stages import (
@@ -77,33 +77,17 @@ def run_layer_file(
             handle.set_condition(
                 condition_latents(models, layers, condition, width, height, request.resize_mode)
             )
-        for batch in range(request.batch_count):
-            first = request.seed + batch * rows
-            batch_seeds = list(range(first, first + rows))
-            noise, generators = seeded_noise(
-                batch_seeds, (4, height // 8, width // 8), models.device, models.dtype
-            )
-
-            def report(step: int, total: int, latents: torch.Tensor, batch: int = batch) -> None:
-                on_step(batch * total + step, request.batch_count * total, latents)
-
-            latents = denoise(
-                unet=models.base.unet,
-                sampler=request.sampler,
-                scheduler_config=models.base.scheduler_config,
-                latents=None if source is None else source.expand(rows, -1, -1, -1),
-                noise=noise,
-                generators=generators,
-                context=context,
-                uncond_context=uncond,
-                cfg_scale=request.cfg_scale,
-                steps=request.steps,
-                strength=request.denoise_strength if source is not None else 1.0,
-                on_step=report,
-                use_layer_model=handle.set_active,
-                ending_step=request.ending_step,
-                added_conditions=added,
-            )
+        passes = sample_passes(
+            request,
+            models,
+            on_step,
+            rows=rows,
+            size=(width, height),
+            conditioning=Conditioning(context, uncond, added),
+            use_layer_model=handle.set_active,
+            source=source,
+        )
+        for batch_seeds, latents in passes:
             # 4. Decode: the SD VAE, then the transparent decoder where the layer has alpha.
             pixels = vae_decode(models, latents)
             decoded = (
