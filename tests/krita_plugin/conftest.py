@@ -50,13 +50,16 @@ class DemoServer:
             self.process.stdout.close()
 
 
-def start_demo_server(folder: Path, port: int = 0, token: str | None = None) -> DemoServer:
+def start_demo_server(
+    folder: Path, port: int = 0, token: str | None = None, family: str = "sd15"
+) -> DemoServer:
     """Start the demo backend on 127.0.0.1 and wait for its `listening on` line.
 
     Args:
         folder: for its cache (XDG_CACHE_HOME) and its log.
         port: 0 picks a free one.
         token: the backend's token, if any.
+        family: the demo models' family, sd15 or sdxl.
     """
     folder.mkdir(parents=True, exist_ok=True)
     # One torch thread: the demo models are tiny, and with Krita busy on the other core
@@ -68,7 +71,7 @@ def start_demo_server(folder: Path, port: int = 0, token: str | None = None) -> 
         OMP_NUM_THREADS="1",
     )
     environment.pop("LAYERDIFFUSE_TOKEN", None)
-    command = [sys.executable, "-m", "backend", "serve", "--demo", "--port", str(port)]
+    command = [sys.executable, "-m", "backend", "serve", "--demo", family, "--port", str(port)]
     if token:
         command += ["--token", token]
     log = folder / f"serve-{time.monotonic_ns()}.log"
@@ -107,6 +110,16 @@ def start_demo_server(folder: Path, port: int = 0, token: str | None = None) -> 
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """One demo backend for the session (its jobs are small: a few tenths of a second)."""
     server = start_demo_server(tmp_path_factory.mktemp("demo-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_sdxl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """A demo backend with the SDXL-shaped models (its methods are the SDXL ones)."""
+    server = start_demo_server(tmp_path_factory.mktemp("demo-sdxl-server"), family="sdxl")
     try:
         yield server
     finally:

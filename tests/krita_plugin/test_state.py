@@ -1,8 +1,8 @@
 """The job logic of `DockerState`: a fake canvas, the real client and a real demo backend.
 
 The canvas is the only fake (Krita's side is tested in Krita, `in_krita/`): it records
-what it was asked to read and insert. The SDXL two-step chains run against a recording
-backend, as the demo backend serves SD1.5 only.
+what it was asked to read and insert. The SDXL recipes run against the SDXL demo
+backend; a recording backend also checks how their two steps are wired.
 """
 
 from __future__ import annotations
@@ -286,6 +286,52 @@ def test_settings_are_saved_and_a_new_address_reconnects(demo_server: DemoServer
             assert state.store.values["steps"] == "7"  # type: ignore[attr-defined]
             await wait_for(lambda: state.connection is ConnectionState.CONNECTED)
             assert state.connection_text.startswith("Connected to 127.0.0.1")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("action", "source", "expected"),
+    [
+        (Action.TRANSPARENT_LAYER, InputSource.NOTHING, [("foreground", Placement.ABOVE)]),
+        (Action.BACKGROUND, InputSource.ACTIVE_LAYER,
+         [("background", Placement.BELOW), ("blended", Placement.BELOW)]),
+        (Action.FOREGROUND, InputSource.SCENE,
+         [("blended", Placement.ABOVE), ("foreground", Placement.ABOVE)]),
+    ],
+)  # fmt: skip
+def test_an_sdxl_backend_runs_the_sdxl_recipes(
+    demo_sdxl_server: DemoServer,
+    action: Action,
+    source: InputSource,
+    expected: list[tuple[str, Placement]],
+) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_sdxl_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            canvas = FakeCanvas()
+            state = new_state(client, canvas, insert_blended="true")
+            await state.generate(action)
+            assert not state.message.is_error, state.message
+            assert canvas.captures == [source]
+            assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
+                (f"a glass cup ({role}, seed 11)", placement) for role, placement in expected
+            ]
+            assert all(layer_size(layer) == 40 * 30 for layer in canvas.inserted)
+
+    run(scenario)
+
+
+def test_together_on_an_sdxl_backend_is_explained(demo_sdxl_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client(demo_sdxl_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            state = new_state(client, FakeCanvas())
+            assert state.generate(Action.TOGETHER) is None
+            assert state.message.is_error
+            assert state.message.text.startswith(
+                "Generating foreground and background together needs an SD1.5 model"
+            )
 
     run(scenario)
 

@@ -157,15 +157,30 @@ GROUPS = {
 }
 
 
+def test_every_recorded_check_belongs_to_a_group(krita_run: dict[str, Any]) -> None:
+    checks = krita_run["record"].get("checks", {})
+    assert checks, _context(krita_run)
+    assert [name for name in checks if _group(name) not in GROUPS] == []
+
+
+def test_the_dockers_settings_are_saved_in_kritarc(krita_run: dict[str, Any]) -> None:
+    """The driver set the steps to 5 in the docker; Krita wrote them to its settings."""
+    kritarc = (krita_run["profile"].config / "kritarc").read_text(encoding="utf-8")
+    section = kritarc.split("[layerdiffuse]\n", 1)[1].split("\n[", 1)[0]
+    values = dict(line.split("=", 1) for line in section.splitlines() if "=" in line)
+    assert values["steps"] == "5"
+    assert values["prompt"] == PROMPT
+
+
+def _group(name: str) -> str:
+    return name.split(":")[0].split("_")[0]
+
+
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_checks_in_krita(krita_run: dict[str, Any], group: str) -> None:
     """Each group of the driver's checks passed (see GROUPS for what they prove)."""
     checks = krita_run["record"].get("checks", {})
-    mine = {
-        name: check
-        for name, check in checks.items()
-        if name.split(":")[0].split("_")[0] == group or name.startswith(group)
-    }
+    mine = {name: check for name, check in checks.items() if _group(name) == group}
     assert mine, f"no {group} checks were recorded\n{_context(krita_run)}"
     failed = {name: check["detail"] for name, check in mine.items() if not check["ok"]}
     assert not failed, f"{GROUPS[group]}: {failed}\n{_context(krita_run)}"

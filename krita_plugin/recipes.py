@@ -1,0 +1,167 @@
+"""Which LayerDiffuse methods each action runs, and where their layers go (pure).
+
+- transparent layer: `sd15_transparent` / `sdxl_transparent_attn`; reads nothing;
+  inserts the foreground above the active layer.
+- background: `sd15_fg2bg` / `sdxl_fg2ble` then `sdxl_fgble2bg`; reads the active layer
+  (the foreground); inserts the background directly below it.
+- foreground: `sd15_bg2fg` / `sdxl_bg2ble` then `sdxl_bgble2fg`; reads the scene up to
+  and including the active layer (the background); inserts the foreground directly
+  above it.
+- together: `sd15_joint` (SD1.5 only); reads nothing; inserts the background, then the
+  foreground, above the active layer.
+
+"Together" reads no layer, so like the transparent layer its results go above the active
+layer: the background directly above it, the foreground above the background (putting
+the background *below* the active layer would sandwich the painter's layer between two
+generated ones that belong together). With "insert blended" on, the blended image is
+inserted too, hidden, next to the other results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import MethodUnavailable
+from .placement import InputSource, Placement
+from .vendor import protocol
+
+__all__ = ["KRITA_ACTIONS", "Action", "OutputLayer", "Recipe", "recipe_for", "step_inputs"]
+
+Method = protocol.Method
+LayerRole = protocol.LayerRole
+ModelFamily = protocol.ModelFamily
+
+_FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+_ABOVE, _BELOW = Placement.ABOVE, Placement.BELOW
+
+
+class Action(Enum):
+    """What the painter asked for (an action, or the docker's method choice)."""
+
+    TRANSPARENT_LAYER = "transparent_layer"
+    BACKGROUND = "background"
+    FOREGROUND = "foreground"
+    TOGETHER = "together"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+KRITA_ACTIONS: tuple[tuple[str, str, Action | None], ...] = (
+    ("layerdiffuse_generate_layer", "Generate Transparent Layer", Action.TRANSPARENT_LAYER),
+    ("layerdiffuse_generate_background", "Generate Background for Layer", Action.BACKGROUND),
+    ("layerdiffuse_generate_foreground", "Generate Foreground into Scene", Action.FOREGROUND),
+    ("layerdiffuse_cancel", "Cancel Generation", None),
+)
+"""Krita's actions: id, menu text (as in `layerdiffuse.action`), what they do (None: cancel)."""
+
+_LABELS = {
+    Action.TRANSPARENT_LAYER: "Transparent layer from the prompt",
+    Action.BACKGROUND: "Background for the active layer",
+    Action.FOREGROUND: "Foreground into the scene",
+    Action.TOGETHER: "Foreground and background together",
+}
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """A layer a recipe inserts: its role, its place, and whether it starts visible."""
+
+    role: protocol.LayerRole
+    placement: Placement
+    visible: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one action runs on one model family.
+
+    Attributes:
+        action: the action.
+        family: the model family its methods belong to.
+        source: what it reads from the document.
+        captured_role: the role the read pixels play (None when nothing is read).
+        steps: methods run one after another; a step's inputs are the captured image
+            and the outputs of the steps before it.
+        outputs: the layers inserted, bottom to top within each placement.
+    """
+
+    action: Action
+    family: protocol.ModelFamily
+    source: InputSource
+    captured_role: protocol.LayerRole | None
+    steps: tuple[protocol.Method, ...]
+    outputs: tuple[OutputLayer, ...]
+
+    def check_offered(self, offered: tuple[protocol.Method, ...]) -> None:
+        """Raise MethodUnavailable unless the backend offers every method of the recipe."""
+        missing = [method for method in self.steps if method not in offered]
+        if missing:
+            names = ", ".join(method.value for method in missing)
+            have = ", ".join(method.value for method in offered) or "none"
+            raise MethodUnavailable(
+                f"The backend does not offer {names}, which “{self.action.label}” needs with "
+                f"{_family_label(self.family)} (it offers: {have}). Start it with an "
+                f"{_family_label(self.family)} model, or pick the other model family."
+            )
+
+
+def recipe_for(
+    action: Action, family: protocol.ModelFamily, insert_blended: bool = False
+) -> Recipe:
+    """The recipe of an action on a model family.
+
+    Args:
+        action: what the painter asked for.
+        family: the model family to run on.
+        insert_blended: also insert the blended image the layer methods make (hidden).
+
+    Raises:
+        MethodUnavailable: the family has no method for the action (together on SDXL).
+    """
+    sd15 = family is ModelFamily.SD15
+    blended = (OutputLayer(_BLEND, _BELOW, visible=False),) if insert_blended else ()
+    if action is Action.TRANSPARENT_LAYER:
+        method = Method.SD15_TRANSPARENT if sd15 else Method.SDXL_TRANSPARENT_ATTN
+        return Recipe(
+            action, family, InputSource.NOTHING, None, (method,), (OutputLayer(_FG, _ABOVE),)
+        )
+    if action is Action.BACKGROUND:
+        steps = (
+            (Method.SD15_FG_TO_BG,)
+            if sd15
+            else (Method.SDXL_FG_TO_BLEND, Method.SDXL_FG_BLEND_TO_BG)
+        )
+        outputs = (OutputLayer(_BG, _BELOW), *blended)
+        return Recipe(action, family, InputSource.ACTIVE_LAYER, _FG, steps, outputs)
+    if action is Action.FOREGROUND:
+        steps = (
+            (Method.SD15_BG_TO_FG,)
+            if sd15
+            else (Method.SDXL_BG_TO_BLEND, Method.SDXL_BG_BLEND_TO_FG)
+        )
+        above = (OutputLayer(_BLEND, _ABOVE, visible=False),) if insert_blended else ()
+        outputs = (*above, OutputLayer(_FG, _ABOVE))
+        return Recipe(action, family, InputSource.SCENE, _BG, steps, outputs)
+    if not sd15:
+        raise MethodUnavailable(
+            "Generating foreground and background together needs an SD1.5 model "
+            "(LayerDiffuse has no SDXL method for it). Use the background or foreground "
+            "action instead, or start the backend with an SD1.5 model."
+        )
+    top = (OutputLayer(_BLEND, _ABOVE, visible=False),) if insert_blended else ()
+    outputs = (OutputLayer(_BG, _ABOVE), OutputLayer(_FG, _ABOVE), *top)
+    return Recipe(action, family, InputSource.NOTHING, None, (Method.SD15_JOINT,), outputs)
+
+
+def step_inputs(
+    method: protocol.Method,
+) -> tuple[protocol.LayerRole, ...]:
+    """The input roles a method needs (from the protocol's method table)."""
+    return protocol.METHOD_SPECS[method].required_inputs
+
+
+def _family_label(family: protocol.ModelFamily) -> str:
+    return "SD1.5" if family is ModelFamily.SD15 else "SDXL"

@@ -1,0 +1,229 @@
+"""The plugin's settings, declared once: key, type, default, label, help and range.
+
+They live in Krita's own settings (`kritarc`, group `layerdiffuse`), read and written
+through a `SettingsStore` that the canvas package provides (`Krita.readSetting` /
+`writeSetting`); nothing else reads them. Values are stored as text. A stored value that
+does not parse or is out of range falls back to its default with a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .recipes import Action
+from .vendor import protocol
+
+__all__ = [
+    "FAMILY_AUTO",
+    "SETTINGS_GROUP",
+    "Settings",
+    "SettingsStore",
+    "describe",
+    "load_settings",
+    "save_settings",
+    "value_range",
+]
+
+log = logging.getLogger(__name__)
+
+SETTINGS_GROUP = "layerdiffuse"
+"""The kritarc group the settings are stored under."""
+
+FAMILY_AUTO = "auto"
+"""Model family setting: take the family of the model the backend runs."""
+
+
+class SettingsStore(Protocol):
+    """Where settings are kept (Krita's settings inside Krita, a dict in tests)."""
+
+    def read(self, key: str) -> str | None:
+        """The stored text, or None when the key was never written."""
+
+    def write(self, key: str, value: str) -> None:
+        """Store the text under the key."""
+
+
+def _spec(
+    label: str,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    return {
+        "label": label,
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+    }
+
+
+_FAMILIES = (FAMILY_AUTO, *(family.value for family in protocol.ModelFamily))
+_SAMPLERS = tuple(sampler.value for sampler in protocol.Sampler)
+_ACTIONS = tuple(action.value for action in Action)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the plugin with its default; `describe(name)` gives label and help."""
+
+    server_url: str = field(
+        default="ws://127.0.0.1:8870",
+        metadata=_spec("Server", "Address of `layerdiffuse serve` (ws://host:port)"),
+    )
+    token: str = field(
+        default="",
+        metadata=_spec("Token", "The backend's token, if it was started with one"),
+    )
+    prompt: str = field(default="", metadata=_spec("Prompt", "What to generate"))
+    negative_prompt: str = field(
+        default="bad, ugly", metadata=_spec("Negative prompt", "What to avoid")
+    )
+    family: str = field(
+        default=FAMILY_AUTO,
+        metadata=_spec(
+            "Model family",
+            "SD1.5 or SDXL methods; Automatic follows the model the backend runs",
+            choices=_FAMILIES,
+        ),
+    )
+    method: str = field(
+        default=Action.TRANSPARENT_LAYER.value,
+        metadata=_spec("Method", "What the Generate button makes", choices=_ACTIONS),
+    )
+    steps: int = field(default=20, metadata=_spec("Steps", "Sampler steps", minimum=1, maximum=150))
+    cfg_scale: float = field(
+        default=7.0,
+        metadata=_spec("CFG", "How closely to follow the prompt", minimum=1.0, maximum=30.0),
+    )
+    seed: int = field(
+        default=12345,
+        metadata=_spec(
+            "Seed", "The same seed and settings give the same picture", minimum=0, maximum=2**32 - 1
+        ),
+    )
+    random_seed: bool = field(
+        default=True, metadata=_spec("Random", "Pick a new seed for every generation")
+    )
+    sampler: str = field(
+        default=protocol.Sampler.DPMPP_2M_KARRAS.value,
+        metadata=_spec("Sampler", "The sampling schedule", choices=_SAMPLERS),
+    )
+    weight: float = field(
+        default=1.0,
+        metadata=_spec("Weight", "Strength of the SDXL layer models", minimum=0.0, maximum=2.0),
+    )
+    stop_at: float = field(
+        default=1.0,
+        metadata=_spec(
+            "Stop At",
+            "Fraction of the steps that use the layer model",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+    foreground_prompt: str = field(
+        default="", metadata=_spec("Foreground prompt", "Added to the prompt for the foreground")
+    )
+    background_prompt: str = field(
+        default="", metadata=_spec("Background prompt", "Added to the prompt for the background")
+    )
+    blended_prompt: str = field(
+        default="", metadata=_spec("Blended prompt", "Added to the prompt for the blended image")
+    )
+    insert_blended: bool = field(
+        default=False,
+        metadata=_spec(
+            "Also insert the blended image",
+            "The layer methods also make foreground and background blended into one "
+            "picture; insert it as a hidden layer too",
+        ),
+    )
+    fit_to_native: bool = field(
+        default=True,
+        metadata=_spec(
+            "Generate at the model's size",
+            "Generate near the model's native size (512² for SD1.5, 1024² for SDXL) and "
+            "scale the result to the region; off generates at the region's own size",
+        ),
+    )
+
+
+_FIELDS = {spec.name: spec for spec in dataclasses.fields(Settings)}
+
+
+def describe(name: str) -> tuple[str, str]:
+    """The label and help text of a setting."""
+    metadata = _FIELDS[name].metadata
+    return metadata["label"], metadata["help"]
+
+
+def value_range(name: str) -> tuple[float, float]:
+    """The smallest and largest value of a numeric setting."""
+    metadata = _FIELDS[name].metadata
+    return metadata["minimum"], metadata["maximum"]
+
+
+def _parse(name: str, text: str) -> Any:
+    spec = _FIELDS[name]
+    kind = (
+        spec.type
+        if isinstance(spec.type, type)
+        else {"str": str, "int": int, "float": float, "bool": bool}[spec.type]
+    )
+    metadata = spec.metadata
+    value: Any
+    if kind is bool:
+        if text not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        value = text == "true"
+    elif kind is int:
+        value = int(text)
+    elif kind is float:
+        value = float(text)
+        if value != value:  # NaN
+            raise ValueError("not a number")
+    else:
+        value = text
+    if metadata["minimum"] is not None and value < metadata["minimum"]:
+        raise ValueError(f"{value} is below {metadata['minimum']}")
+    if metadata["maximum"] is not None and value > metadata["maximum"]:
+        raise ValueError(f"{value} is above {metadata['maximum']}")
+    if metadata["choices"] is not None and value not in metadata["choices"]:
+        raise ValueError(f"{value!r} is not one of {', '.join(metadata['choices'])}")
+    return value
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_settings(store: SettingsStore) -> Settings:
+    """Read every setting; a missing one takes its default, a bad one too (logged)."""
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        text = store.read(name)
+        if text is None:
+            continue
+        try:
+            values[name] = _parse(name, text)
+        except ValueError as error:
+            log.warning("setting %s: %s; using the default", name, error)
+    return Settings(**values)
+
+
+def save_settings(
+    store: SettingsStore, settings: Settings, previous: Settings | None = None
+) -> None:
+    """Write the settings (only those that differ from `previous`, when given)."""
+    for name in _FIELDS:
+        value = getattr(settings, name)
+        if previous is None or getattr(previous, name) != value:
+            store.write(name, _format(value))

@@ -1,0 +1,375 @@
+"""The docker's state and the job logic: what the actions and the docker call.
+
+`DockerState` holds what the docker shows (settings, connection, progress, preview, the
+last message) and runs generations: it reads the document through a `Canvas` when an
+action is triggered, runs the action's recipe on the backend through the client, and
+inserts the result layers through the canvas. Widgets observe it through `changed`;
+it knows no widgets and no Krita (the canvas and the task spawner are given to it), so
+the whole job logic runs in tests with a fake canvas and a real backend.
+
+A job inserts nothing unless every step completed: a failure, a cancel, a lost
+connection or a closed document leaves the document as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .client import BackendClient, ConnectionState, JobResult, new_job_id
+from .errors import JobCancelled, NotConnected, PluginError
+from .geometry import Bounds
+from .placement import Capture, InputSource, NewLayer
+from .recipes import Action, Recipe, recipe_for, step_inputs
+from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
+from .vendor import protocol
+
+__all__ = ["Canvas", "DockerState", "Message", "Signal", "layer_name"]
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
+
+
+class Canvas(Protocol):
+    """The document side of a job (`canvas.KritaCanvas` in Krita, a fake in tests)."""
+
+    def capture(self, source: InputSource) -> Capture:
+        """Read the work region of the active document now.
+
+        Raises:
+            PluginError: no document, not 8-bit RGBA, no active layer, nothing to read.
+        """
+
+    async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
+        """Insert new layers next to the capture's anchor; returns their names.
+
+        Raises:
+            DocumentClosed: the capture's document is no longer open.
+        """
+
+
+class Signal:
+    """A minimal observable: `connect(slot)`, `emit(*args)` (same thread, in order)."""
+
+    def __init__(self) -> None:
+        self._slots: list[Callable[..., None]] = []
+
+    def connect(self, slot: Callable[..., None]) -> None:
+        self._slots.append(slot)
+
+    def emit(self, *args: Any) -> None:
+        for slot in list(self._slots):
+            slot(*args)
+
+
+@dataclass(frozen=True)
+class Message:
+    """The last thing said to the painter: a sentence, and whether it is an error."""
+
+    text: str = ""
+    is_error: bool = False
+
+
+@dataclass
+class _RunningJob:
+    action: Action
+    job_id: str | None = None
+    cancelled: bool = False
+
+
+def layer_name(prompt: str, role: protocol.LayerRole, seed: int) -> str:
+    """A result layer's name: the prompt's start, the layer's role and the seed."""
+    text = " ".join(prompt.split())
+    if len(text) > 48:
+        text = text[:47].rstrip() + "…"
+    return f"{text or 'LayerDiffuse'} ({role.value}, seed {seed})"
+
+
+class DockerState:
+    """Observable state of the docker, and the generate / cancel logic.
+
+    Args:
+        store: where settings are kept.
+        canvas: reads the document and inserts layers.
+        client: the backend client (its `on_state` is connected here).
+        spawn: starts a coroutine on the plugin's event loop, returning its task.
+        set_busy: told True while a job streams, False after (the event loop ticks faster).
+
+    Attributes:
+        changed: emitted with an attribute name whenever one of these changes:
+            `settings`, `connection`, `running`, `progress`, `preview`, `message`.
+        settings: the current settings (replace them through `update_settings`).
+        connection / connection_text: the client's state and its sentence.
+        running: whether a job is running.
+        progress: 0..1 over all the job's steps, or None.
+        preview: the latest preview (width, height, RGBA8 bytes), or None.
+        message: the last message to the painter.
+    """
+
+    def __init__(
+        self,
+        store: SettingsStore,
+        canvas: Canvas,
+        client: BackendClient,
+        spawn: Spawn,
+        set_busy: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.changed = Signal()
+        self.store = store
+        self.canvas = canvas
+        self.client = client
+        self.spawn = spawn
+        self.set_busy = set_busy
+        self.settings = load_settings(store)
+        self.connection = client.state
+        self.connection_text = client.status
+        self.running = False
+        self.progress: float | None = None
+        self.preview: tuple[int, int, bytes] | None = None
+        self.message = Message()
+        self._job: _RunningJob | None = None
+        client.on_state = self._on_connection
+
+    # Settings and connection ---------------------------------------------------------------
+
+    def update_settings(self, **changes: Any) -> None:
+        """Change settings (by field name); they are saved at once."""
+        previous = self.settings
+        settings = dataclasses.replace(previous, **changes)
+        if settings == previous:
+            return
+        self.settings = settings
+        save_settings(self.store, settings, previous)
+        self.changed.emit("settings")
+        if (settings.server_url, settings.token) != (previous.server_url, previous.token):
+            self.spawn(self.client.configure(settings.server_url, settings.token))
+
+    def _on_connection(self, state: ConnectionState, text: str) -> None:
+        self.connection, self.connection_text = state, text
+        self.changed.emit("connection")
+
+    def offered_methods(self) -> tuple[protocol.Method, ...]:
+        welcome = self.client.welcome
+        return welcome.capabilities.methods if welcome is not None else ()
+
+    def family(self) -> protocol.ModelFamily:
+        """The model family the actions run on.
+
+        Raises:
+            NotConnected: "Automatic" before the backend said which model it runs.
+        """
+        if self.settings.family != FAMILY_AUTO:
+            return protocol.ModelFamily(self.settings.family)
+        welcome = self.client.welcome
+        if welcome is None:
+            raise NotConnected(self.client.status)
+        return welcome.model.family
+
+    # Jobs ----------------------------------------------------------------------------------
+
+    def generate(self, action: Action) -> asyncio.Future[list[str]] | None:
+        """Start an action: read the document now, generate, insert the layers later.
+
+        Problems found before anything is sent (no document, wrong colour model, not
+        connected, a method the backend lacks, a job already running) become the
+        message and nothing starts.
+
+        Returns:
+            The job's task (its result: the names of the inserted layers), or None.
+        """
+        if self._job is not None:
+            self._say("A generation is already running. Wait for it, or press Cancel.", True)
+            return None
+        try:
+            if self.client.state is not ConnectionState.CONNECTED:
+                raise NotConnected(self.connection_text)
+            recipe = recipe_for(action, self.family(), self.settings.insert_blended)
+            recipe.check_offered(self.offered_methods())
+            capture = self.canvas.capture(recipe.source)
+        except PluginError as error:
+            self._say(str(error), True)
+            return None
+        settings = self.settings
+        seed = random.randrange(0, 2**31) if settings.random_seed else settings.seed
+        self._job = _RunningJob(action)
+        self.running = True
+        self.progress = 0.0
+        self.preview = None
+        self._emit("running", "progress", "preview")
+        self._say(f"{action.label}: generating…", False)
+        if self.set_busy is not None:
+            self.set_busy(True)
+        return self.spawn(self._run(self._job, recipe, capture, settings, seed))
+
+    def cancel(self) -> None:
+        """Cancel the running job, if any (nothing of it is inserted)."""
+        job = self._job
+        if job is None or job.cancelled:
+            return
+        job.cancelled = True
+        self._say("Cancelling…", False)
+        if job.job_id is not None:
+            self.spawn(self.client.cancel(job.job_id))
+
+    async def _run(
+        self,
+        job: _RunningJob,
+        recipe: Recipe,
+        capture: Capture,
+        settings: Settings,
+        seed: int,
+    ) -> list[str]:
+        names: list[str] = []
+        try:
+            layers: dict[protocol.LayerRole, bytes] = {}
+            if recipe.captured_role is not None and capture.pixels is not None:
+                layers[recipe.captured_role] = capture.pixels
+            produced: dict[protocol.LayerRole, bytes] = {}
+            result_seed = seed
+            for index, method in enumerate(recipe.steps):
+                if job.cancelled:
+                    raise JobCancelled()
+                job.job_id = new_job_id()
+                submit, images = _submit(job.job_id, method, settings, seed, capture.region, layers)
+
+                def on_progress(
+                    step: int,
+                    total: int,
+                    preview: tuple[int, int, bytes] | None,
+                    index: int = index,
+                ) -> None:
+                    self._on_progress(index, len(recipe.steps), step, total, preview)
+
+                results = await self.client.run_job(submit, images, on_progress)
+                if job.cancelled:
+                    raise JobCancelled()
+                result = _first(results)
+                layers.update(result.layers)
+                produced.update(result.layers)
+                result_seed = result.seed
+            new_layers = [
+                NewLayer(
+                    layer_name(settings.prompt, output.role, result_seed),
+                    output.placement,
+                    produced[output.role],
+                    output.visible,
+                )
+                for output in recipe.outputs
+            ]
+            names = await self.canvas.insert(capture, new_layers)
+            self._say(f"Inserted {_quoted(names)}.", False)
+        except JobCancelled as error:
+            if job.cancelled:
+                self._say(str(error), False)
+            else:
+                self._say(
+                    "The backend cancelled the job (was it stopped?). Nothing was inserted.", True
+                )
+        except PluginError as error:
+            self._say(str(error), True)
+        except Exception:
+            log.exception("the job failed unexpectedly")
+            self._say(
+                "Something unexpected went wrong; nothing was inserted. The plugin's log "
+                "has the details.",
+                True,
+            )
+        finally:
+            self._job = None
+            self.running = False
+            self.progress = None
+            self._emit("running", "progress")
+            if self.set_busy is not None:
+                self.set_busy(False)
+        return names
+
+    def _on_progress(
+        self,
+        index: int,
+        steps: int,
+        step: int,
+        total: int,
+        preview: tuple[int, int, bytes] | None,
+    ) -> None:
+        self.progress = (index + step / max(total, 1)) / steps
+        self.changed.emit("progress")
+        if preview is not None:
+            self.preview = preview
+            self.changed.emit("preview")
+
+    def _say(self, text: str, is_error: bool) -> None:
+        if is_error:
+            log.warning("%s", text)
+        self.message = Message(text, is_error)
+        self.changed.emit("message")
+
+    def _emit(self, *names: str) -> None:
+        for name in names:
+            self.changed.emit(name)
+
+
+def _submit(
+    job_id: str,
+    method: protocol.Method,
+    settings: Settings,
+    seed: int,
+    region: Bounds,
+    layers: dict[protocol.LayerRole, bytes],
+) -> tuple[protocol.Submit, dict[str, bytes]]:
+    spec = protocol.METHOD_SPECS[method]
+    layer_prompts = {
+        role: text
+        for role, text in (
+            (protocol.LayerRole.FOREGROUND, settings.foreground_prompt),
+            (protocol.LayerRole.BACKGROUND, settings.background_prompt),
+            (protocol.LayerRole.BLENDED, settings.blended_prompt),
+        )
+        if role in spec.layer_prompts and text.strip()
+    }
+    request = protocol.GenerationParameters(
+        method=method,
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        layer_prompts=layer_prompts,
+        width=region.width,
+        height=region.height,
+        fit_to_native=settings.fit_to_native,
+        seed=seed,
+        steps=settings.steps,
+        cfg_scale=settings.cfg_scale,
+        sampler=protocol.Sampler(settings.sampler),
+        weight=settings.weight,
+        ending_step=settings.stop_at,
+    )
+    inputs = []
+    images = {}
+    for role in step_inputs(method):
+        ref = protocol.ImageRef.raw(
+            f"{job_id}/{role.value}", region.width, region.height, protocol.PixelFormat.BGRA8
+        )
+        inputs.append(protocol.LayerImage(role, ref))
+        images[ref.id] = layers[role]
+    submit = protocol.Submit(
+        job=job_id,
+        request=request,
+        inputs=tuple(inputs),
+        result_format=protocol.PixelFormat.BGRA8,
+        previews=True,
+    )
+    return submit, images
+
+
+def _first(results: list[JobResult]) -> JobResult:
+    if not results:
+        raise PluginError("The backend finished the job without a result; nothing was inserted.")
+    return results[0]
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"“{name}”" for name in names)
