@@ -1,7 +1,7 @@
 """What the state machines hand the application: one event per complete message.
 
 A message that announces images becomes an event only once all of its images have
-arrived, and then carries their bytes. Image bytes are bytearrays the application now
+arrived, and then carries their bytes. Image bytes are memoryviews the application now
 owns (the buffers the frames were written into; never copied again).
 """
 
@@ -45,7 +45,7 @@ class JobSubmitted:
     """
 
     submit: Submit
-    images: dict[LayerRole, tuple[ImageRef, bytearray]]
+    images: dict[LayerRole, tuple[ImageRef, memoryview]]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class ProgressReceived:
     """A sampler step finished; `preview` holds the RGBA8 bytes when the message had one."""
 
     progress: Progress
-    preview: bytearray | None
+    preview: memoryview | None
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ResultReceived:
     """One result and the bytes of its layers, by role, in `result.layers`' formats."""
 
     result: Result
-    images: dict[LayerRole, bytearray]
+    images: dict[LayerRole, memoryview]
 
 
 @dataclass(frozen=True)

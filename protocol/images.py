@@ -15,6 +15,7 @@ order their name says, PNG is a file the caller encodes and decodes.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -25,9 +26,13 @@ from .limits import Limits
 __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_IMAGE_ID_CHARS",
+    "BinaryFrame",
     "ImageAssembler",
     "ImageRef",
     "PixelFormat",
+    "allocate_image_buffer",
+    "chunk_frame",
+    "image_frames",
     "max_png_size",
     "pack_chunk",
     "split_image",
@@ -143,16 +148,39 @@ class ImageRef:
             )
 
 
-def pack_chunk(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> bytes:
-    """One binary frame: the header length, the JSON header, the payload.
+@dataclass(frozen=True)
+class BinaryFrame:
+    """One binary frame kept as its two parts, so that the payload is never copied.
+
+    `header` is the length prefix and the JSON header; `payload` a view into the
+    sender's image, which must not change until the frame is sent. Send it as one
+    fragmented websocket message, `websocket.send(frame.parts)`: the peer receives the
+    same message as from `bytes(frame)`, and the sender skips a copy of every pixel
+    (about 20 % of a 64 MiB layer's round trip on loopback, docs/benchmarks.md).
+    """
+
+    header: bytes
+    payload: memoryview
+
+    @property
+    def parts(self) -> tuple[bytes, memoryview]:
+        """The fragments to send, in order."""
+        return self.header, self.payload
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.header, self.payload))
+
+    def __len__(self) -> int:
+        return len(self.header) + len(self.payload)
+
+
+def chunk_frame(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> BinaryFrame:
+    """One binary frame: the header length, the JSON header, the payload (not copied).
 
     Args:
         image_id: the id of the announced image.
         offset: where the payload starts in the image, in bytes.
-        payload: the bytes; copied once, into the frame.
-
-    Returns:
-        The frame.
+        payload: the bytes.
 
     Raises:
         ValueError: an offset below 0 or a header over `MAX_HEADER_BYTES`.
@@ -164,7 +192,12 @@ def pack_chunk(image_id: str, offset: int, payload: bytes | bytearray | memoryvi
     ).encode("utf-8")
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"binary frame header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
-    return b"".join((_LENGTH.pack(len(header)), header, payload))
+    return BinaryFrame(_LENGTH.pack(len(header)) + header, memoryview(payload).cast("B"))
+
+
+def pack_chunk(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """`chunk_frame` joined into one buffer (the payload copied once, into the frame)."""
+    return bytes(chunk_frame(image_id, offset, payload))
 
 
 def unpack_chunk(
@@ -235,13 +268,12 @@ def _is_image_id(value: object) -> bool:
     return True
 
 
-def split_image(
+def image_frames(
     image_id: str, data: bytes | bytearray | memoryview, max_chunk_bytes: int
-) -> list[bytes]:
+) -> list[BinaryFrame]:
     """The binary frames of one image, in order, each with at most `max_chunk_bytes`.
 
-    The payloads are sliced from `data` through a memoryview, so each byte is copied
-    once, into its frame.
+    Every payload is a view into `data`: nothing is copied.
 
     Args:
         image_id: the id of the announced image.
@@ -261,9 +293,38 @@ def split_image(
     if len(view) == 0:
         raise BadImage(f"image '{image_id}' is empty")
     return [
-        pack_chunk(image_id, offset, view[offset : offset + max_chunk_bytes])
+        chunk_frame(image_id, offset, view[offset : offset + max_chunk_bytes])
         for offset in range(0, len(view), max_chunk_bytes)
     ]
+
+
+def split_image(
+    image_id: str, data: bytes | bytearray | memoryview, max_chunk_bytes: int
+) -> list[bytes]:
+    """`image_frames` joined, one buffer per frame (each byte copied once, into its frame)."""
+    return [bytes(frame) for frame in image_frames(image_id, data, max_chunk_bytes)]
+
+
+_PREFAULT_FROM_BYTES = 1 << 20
+_PREFAULT_FLAGS = getattr(mmap, "MAP_POPULATE", None)  # Linux only
+
+
+def allocate_image_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer of `size` bytes for an image about to arrive.
+
+    On Linux a buffer of 1 MiB or more is an anonymous mapping whose pages are
+    populated when it is made: a fresh 64 MiB bytearray takes one page fault per 4 KiB
+    at its first write, which cost twice the copy itself on the machines measured
+    (docs/benchmarks.md). Elsewhere, and for small images, a bytearray. Either way the
+    buffer is freed when the last view of it goes.
+    """
+    if _PREFAULT_FLAGS is not None and size >= _PREFAULT_FROM_BYTES:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _PREFAULT_FLAGS
+        try:
+            return memoryview(mmap.mmap(-1, size, flags=flags))
+        except OSError:  # a kernel or sandbox that refuses the flags: the plain way
+            pass
+    return memoryview(bytearray(size))
 
 
 class _Pending:
@@ -271,7 +332,7 @@ class _Pending:
 
     def __init__(self, ref: ImageRef) -> None:
         self.ref = ref
-        self.buffer: bytearray | None = None  # allocated at the first frame
+        self.buffer: memoryview | None = None  # allocated at the first frame
         self.received = 0
 
 
@@ -279,9 +340,9 @@ class ImageAssembler:
     """Collects the frames of announced images into whole images.
 
     Each image's size is reserved against `max_pending_bytes` when it is announced; its
-    buffer (one bytearray of that size) is allocated at its first frame and every frame
-    is written into it in place. A complete image is handed over as that bytearray, not
-    copied. Any bad frame drops its image.
+    buffer (`allocate_image_buffer`) is allocated at its first frame and every frame is
+    written into it in place. A complete image is handed over as a writable memoryview
+    of that buffer, not copied. Any bad frame drops its image.
 
     Args:
         limits: checked against every announced reference and every frame.
@@ -328,11 +389,11 @@ class ImageAssembler:
         self._pending[ref.id] = _Pending(ref)
         self._pending_bytes += ref.size
 
-    def feed(self, frame: bytes | bytearray | memoryview) -> tuple[ImageRef, bytearray] | None:
+    def feed(self, frame: bytes | bytearray | memoryview) -> tuple[ImageRef, memoryview] | None:
         """Take one binary frame.
 
         Returns:
-            The image's reference and bytes (a bytearray the caller now owns) when this
+            The image's reference and bytes (a memoryview the caller now owns) when this
             frame completes it, else None.
 
         Raises:
@@ -345,7 +406,7 @@ class ImageAssembler:
 
     def feed_chunk(
         self, image_id: str, offset: int, payload: bytes | bytearray | memoryview
-    ) -> tuple[ImageRef, bytearray] | None:
+    ) -> tuple[ImageRef, memoryview] | None:
         """Take the parts of one unpacked binary frame (see `feed`).
 
         Raises:
@@ -363,10 +424,9 @@ class ImageAssembler:
             self.discard(image_id)
             raise
         if pending.buffer is None:
-            pending.buffer = bytearray(pending.ref.size)
+            pending.buffer = allocate_image_buffer(pending.ref.size)
         end = offset + length
-        with memoryview(pending.buffer) as target:  # bytearray slicing would copy first
-            target[offset:end] = memoryview(payload).cast("B")
+        pending.buffer[offset:end] = memoryview(payload).cast("B")
         pending.received = end
         if end < pending.ref.size:
             return None

@@ -1,7 +1,8 @@
 """`layerdiffuse bench --stages transport`: a big layer's round trip over loopback.
 
 A client sends a 4096² RGBA layer to an echo server in another process, in the
-protocol's chunked binary frames, and gets it back: raw `bgra8` (what the plugin
+protocol's chunked binary frames sent as the server and the plugin send them (each as
+two fragments, header and pixels), and gets it back: raw `bgra8` (what the plugin
 sends by default) against PNG (encode, send, decode on each side, as image-over-HTTP
 plugins do). Reported as MB/s of layer pixels moved (both directions) and the ratio.
 """
@@ -19,7 +20,7 @@ from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from protocol import DEFAULT_LIMITS, ImageAssembler, ImageRef, PixelFormat, split_image
+from protocol import DEFAULT_LIMITS, ImageAssembler, ImageRef, PixelFormat, image_frames
 
 PNG_LEVEL = 1
 FRAME_SLACK = 4096
@@ -61,8 +62,8 @@ async def _echo(websocket: ServerConnection) -> None:
             data = encode_png(decode_png(bytes(data)))
             ref = ImageRef(ref.id, ref.width, ref.height, ref.format, len(data))
         await websocket.send(_announce(ref))
-        for frame in split_image(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
-            await websocket.send(frame)
+        for frame in image_frames(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
+            await websocket.send(frame.parts)
 
 
 def _announce(ref: ImageRef) -> str:
@@ -107,8 +108,8 @@ async def _round_trip(port: int, rgba: np.ndarray, format: PixelFormat, repeat: 
                 data = memoryview(bgra).cast("B")
             ref = ImageRef(f"layer{index}", width, height, format, len(data))
             await websocket.send(_announce(ref))
-            for frame in split_image(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
-                await websocket.send(frame)
+            for frame in image_frames(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
+                await websocket.send(frame.parts)
             assembler = ImageAssembler(DEFAULT_LIMITS, max_pending_bytes=1 << 30)
             assembler.expect(_ref(await websocket.recv()))
             complete = None

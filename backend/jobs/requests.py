@@ -25,7 +25,7 @@ def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> J
     """
     submit = event.submit
     parameters = submit.request
-    inputs = {role: decode_image(ref, bytes(data)) for role, (ref, data) in event.images.items()}
+    inputs = {role: decode_image(ref, data) for role, (ref, data) in event.images.items()}
     request = GenerationRequest(
         method=parameters.method,
         prompt=parameters.prompt,

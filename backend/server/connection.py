@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from protocol import (
     CancelRequested,
     ErrorCode,
+    Frames,
     HelloReceived,
     JobStatus,
     JobSubmitted,
@@ -42,7 +43,7 @@ PROGRESS_BACKLOG = 8
 
 @dataclass(frozen=True)
 class _Outgoing:
-    frames: list[str | bytes]
+    frames: Frames
     progress: bool = False
 
 
@@ -178,7 +179,7 @@ class Connection:
 
     # Outbox: one sender keeps every frame in order ---------------------------------------
 
-    def _send(self, frames: list[str | bytes], progress: bool = False) -> None:
+    def _send(self, frames: Frames, progress: bool = False) -> None:
         self._outbox.put_nowait(_Outgoing(frames, progress))
 
     async def _send_loop(self) -> None:
@@ -187,6 +188,7 @@ class Connection:
                 self._progress_waiting -= 1
             try:
                 for frame in outgoing.frames:
-                    await self.websocket.send(frame)
+                    # a binary frame goes as two fragments, its pixels never copied
+                    await self.websocket.send(frame if isinstance(frame, str) else frame.parts)
             except ConnectionClosed:
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 import tracemalloc
 
@@ -14,6 +15,8 @@ from protocol.images import (
     ImageAssembler,
     ImageRef,
     PixelFormat,
+    allocate_image_buffer,
+    image_frames,
     max_png_size,
     pack_chunk,
     split_image,
@@ -241,13 +244,41 @@ def test_a_64_mib_image_splits_into_16_frames_and_back() -> None:
     assert all(len(unpack_chunk(f)[2]) == 4 * MIB for f in frames)
     # the frames themselves and no slice copies (bytes slicing would add 4 MiB)
     assert split_peak < 64 * MIB + MIB
-    # the frames plus one buffer (concatenation would need twice the image)
+    # the frames plus at most one buffer (concatenation would need twice the image);
+    # on Linux the buffer is a mapping, which tracemalloc does not see
     assert assemble_peak < 2 * 64 * MIB + MIB
     assert results[:-1] == [None] * 15
     done = results[-1]
     assert done is not None and done[0] == ref and done[1] == data
-    assert isinstance(done[1], bytearray)
+    assert isinstance(done[1], memoryview) and not done[1].readonly
     assert assembler.pending_ids == () and assembler.pending_bytes == 0
+
+
+def test_image_frames_are_views_of_the_image() -> None:
+    """Each frame's payload is the image's memory, and joined it is `pack_chunk`'s frame."""
+    data = bytearray(range(256)) * 40
+    frames = image_frames("a", data, 4096)
+    assert [len(f.payload) for f in frames] == [4096, 4096, 2048]
+    assert all(f.payload.obj is data for f in frames)
+    data[0] = 99  # a view: the change shows (the sender must not change it before sending)
+    assert frames[0].payload[0] == 99
+    assert [bytes(f) for f in frames] == split_image("a", data, 4096)
+    assert bytes(frames[1]) == pack_chunk("a", 4096, data[4096:8192])
+    assert frames[1].parts == (frames[1].header, frames[1].payload)
+    assert len(frames[2]) == len(pack_chunk("a", 8192, data[8192:]))
+
+
+@pytest.mark.parametrize("size", [1, 4096, MIB - 1, MIB, 64 * MIB + 3])
+def test_image_buffers_are_zeroed_writable_and_sized(size: int) -> None:
+    """Small buffers are bytearrays; big ones are pre-faulted mappings where Linux has them."""
+    buffer = allocate_image_buffer(size)
+    assert isinstance(buffer, memoryview) and not buffer.readonly
+    assert len(buffer) == size and buffer.format == "B"
+    assert bytes(buffer[:16]) == bytes(min(size, 16)) and buffer[-1] == 0
+    buffer[-1] = 7
+    assert buffer[-1] == 7
+    big_mapping = size >= MIB and hasattr(mmap, "MAP_POPULATE")
+    assert isinstance(buffer.obj, mmap.mmap if big_mapping else bytearray)
 
 
 def test_the_last_frame_holds_the_rest() -> None:

@@ -18,6 +18,7 @@ from backend.server.serve import LayerDiffuseServer
 from protocol import (
     ClientEvent,
     ClientProtocol,
+    Frames,
     GenerationParameters,
     ImageRef,
     JobDone,
@@ -39,11 +40,17 @@ class ProtocolClient:
         self.websocket = websocket
         self.protocol = ClientProtocol(name)
         self.welcome = None
+        self.join_binary_frames = False
         self._events: list[ClientEvent] = []
 
-    async def send(self, frames: list[str | bytes]) -> None:
+    async def send(self, frames: Frames) -> None:
         for frame in frames:
-            await self.websocket.send(frame)
+            if isinstance(frame, str):
+                await self.websocket.send(frame)
+            elif self.join_binary_frames:  # as a client that does not fragment would
+                await self.websocket.send(bytes(frame))
+            else:
+                await self.websocket.send(frame.parts)
 
     async def hello(self, session: str | None = None) -> WelcomeReceived:
         await self.send(self.protocol.send_hello(session))

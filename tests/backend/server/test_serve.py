@@ -73,6 +73,24 @@ def test_a_full_job_per_method(method: Method, with_server) -> None:
     with_server(scenario)
 
 
+def test_binary_frames_sent_whole_or_in_fragments_are_the_same_job(with_server) -> None:
+    """A client may send each binary frame as one buffer or as header and pixel fragments."""
+
+    async def scenario(server: RunningServer) -> None:
+        results = []
+        for join in (False, True):
+            async with server.client() as client:
+                client.join_binary_frames = join
+                await client.hello()
+                await client.submit("j", Method.SD15_FG_TO_BG, INPUTS[Method.SD15_FG_TO_BG])
+                events = await client.until_done("j")
+            (result,) = [e for e in events if isinstance(e, ResultReceived)]
+            results.append({role: bytes(data) for role, data in result.images.items()})
+        assert results[0] == results[1] and set(results[0]) == {BG, LayerRole.BLENDED}
+
+    with_server(scenario)
+
+
 def test_png_in_and_out(with_server) -> None:
     async def scenario(server: RunningServer) -> None:
         async with server.client() as client:
