@@ -1,9 +1,11 @@
 """The built plugin in the real Krita (GUI under Xvfb) against a real demo backend.
 
-One Krita run (about 30 s) serves every test here: the zip from `scripts/build_plugin.py`
-is installed into a temporary profile with Krita's own importer, the test-driver plugin
-(`driver/`) triggers each action for real and records what it finds (see its
-docstring), and each test below asserts one part of that record.
+Two Krita runs serve every test here, one per model family: the zip from
+`scripts/build_plugin.py` is installed into a temporary profile with Krita's own
+importer, the test-driver plugin (`driver/`) plays its scenario (`sd15` against the SD1.5
+demo backend, about 25 s; `sdxl` against the SDXL one, the family switched to SDXL in the
+docker, about 20 s), triggering each action for real and recording what it finds (see
+its docstring), and each test below asserts one part of that record.
 
 Set `LAYERDIFFUSE_DOCS_SCREENSHOT=docs/images/docker.png` to also keep the screenshot of
 the docker for the README.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -59,13 +63,27 @@ def backend(
 
 
 @pytest.fixture(scope="module")
-def krita_run(tmp_path_factory: pytest.TempPathFactory, backend: DemoServer) -> dict[str, Any]:
-    """Build, install, run Krita with the driver; the driver's record and the paths."""
+def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin zip from `scripts/build_plugin.py`, built once for every Krita run."""
+    return build_script().build(tmp_path_factory.mktemp("plugin") / "krita-layerdiffuse.zip")
+
+
+def run_krita(
+    folder: Path,
+    archive: Path,
+    backend: DemoServer,
+    scenario: str,
+    settings: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Install the zip and the driver into a new profile, run Krita with the driver's
+    `scenario`; the driver's record and the paths.
+
+    Args:
+        settings: kritarc `[layerdiffuse]` values on top of the common ones.
+    """
     krita = require("krita")
     xvfb_run = require("xvfb-run")
     require("xauth")
-    folder = tmp_path_factory.mktemp("krita-e2e")
-    archive = build_script().build(folder / "krita-layerdiffuse.zip")
     profile = Profile(folder / "home").create()
     installed = profile.install_zip(archive)
     profile.install_folder(
@@ -81,36 +99,68 @@ def krita_run(tmp_path_factory: pytest.TempPathFactory, backend: DemoServer) -> 
                 "fit_to_native": "false",
                 "random_seed": "false",
                 "seed": "7",
+                **(settings or {}),
             },
         }
     )
     results = folder / "results.json"
     screenshot = folder / "docker.png"
     environment = profile.environment(
-        LAYERDIFFUSE_TEST_RESULTS=str(results), LAYERDIFFUSE_SCREENSHOT=str(screenshot)
+        LAYERDIFFUSE_TEST_RESULTS=str(results),
+        LAYERDIFFUSE_SCREENSHOT=str(screenshot),
+        LAYERDIFFUSE_TEST_SCENARIO=scenario,
     )
     command = [
         "timeout", "--kill-after=10", str(KRITA_TIMEOUT),
         xvfb_run, "-a", "-s", "-screen 0 1600x1000x24", krita, "--nosplash",
     ]  # fmt: skip
+    started = time.monotonic()
     status = run_in_process_group(
         command, environment, KRITA_TIMEOUT + 30, folder / "krita.log", started=results.is_file
     )
+    seconds = time.monotonic() - started
     record = json.loads(results.read_text()) if results.is_file() else {}
-    docs_copy = os.environ.get("LAYERDIFFUSE_DOCS_SCREENSHOT")
-    if docs_copy and screenshot.is_file():
-        Path(docs_copy).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, docs_copy)
     plugin_log = profile.resources / "layerdiffuse" / "layerdiffuse.log"
+    log_text = plugin_log.read_text() if plugin_log.is_file() else "(no log)"
     return {
         "status": status,
+        "seconds": seconds,
         "record": record,
         "installed": installed,
         "profile": profile,
         "screenshot": screenshot,
         "krita_log": (folder / "krita.log").read_text(errors="replace")[-4000:],
-        "plugin_log": plugin_log.read_text()[-4000:] if plugin_log.is_file() else "(no log)",
+        "plugin_log": log_text[-4000:],
+        "plugin_log_full": log_text,
     }
+
+
+@pytest.fixture(scope="module")
+def krita_run(
+    tmp_path_factory: pytest.TempPathFactory, plugin_zip: Path, backend: DemoServer
+) -> dict[str, Any]:
+    """Krita with the driver's SD1.5 scenario against the SD1.5 demo backend."""
+    run = run_krita(tmp_path_factory.mktemp("krita-e2e"), plugin_zip, backend, "sd15")
+    docs_copy = os.environ.get("LAYERDIFFUSE_DOCS_SCREENSHOT")
+    if docs_copy and run["screenshot"].is_file():
+        Path(docs_copy).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run["screenshot"], docs_copy)
+    return run
+
+
+@pytest.fixture(scope="module")
+def krita_sdxl_run(
+    tmp_path_factory: pytest.TempPathFactory, plugin_zip: Path, demo_sdxl_server: DemoServer
+) -> dict[str, Any]:
+    """Krita with the driver's SDXL scenario against the SDXL demo backend; kritarc says
+    SD1.5 (the painter's last choice), and the driver picks SDXL in the docker."""
+    return run_krita(
+        tmp_path_factory.mktemp("krita-e2e-sdxl"),
+        plugin_zip,
+        demo_sdxl_server,
+        "sdxl",
+        {"family": "sd15"},
+    )
 
 
 def _context(run: dict[str, Any]) -> str:
@@ -184,3 +234,68 @@ def test_checks_in_krita(krita_run: dict[str, Any], group: str) -> None:
     assert mine, f"no {group} checks were recorded\n{_context(krita_run)}"
     failed = {name: check["detail"] for name, check in mine.items() if not check["ok"]}
     assert not failed, f"{GROUPS[group]}: {failed}\n{_context(krita_run)}"
+
+
+# SDXL: the same plugin, the docker switched to SDXL, against an SDXL demo backend --------------
+
+SDXL_GROUPS = {
+    "docker": "the docker appears, connects to the SDXL backend and shows the saved prompt",
+    "actions": "the four actions exist, in Tools ▸ Scripts, with the .action file's texts",
+    "family": "SD1.5 (from kritarc) is refused with a sentence; SDXL is picked in the docker",
+    "layer": "generate_layer inserts one transparent layer above the active one",
+    "background": "generate_background (two chained jobs) inserts one opaque layer below",
+    "foreground": "generate_foreground (two chained jobs) inserts one layer above",
+    "together": "the docker's together method explains it needs SD1.5 and inserts nothing",
+}
+SDXL_JOBS = [
+    # method, size, inputs: what the plugin sent, in order (its log)
+    ("sdxl_transparent_attn", "160x120", 0),
+    ("sdxl_fg2ble", "64x48", 1),  # the selection's bounds; the user's layer
+    ("sdxl_fgble2bg", "64x48", 2),  # … and the first job's blended image
+    ("sdxl_bg2ble", "160x120", 1),  # the scene
+    ("sdxl_bgble2fg", "160x120", 2),
+]
+JOB_LINE = re.compile(r"job (\S+): (\w+), (\d+x\d+), (\d+) input\(s\)")
+
+
+def test_sdxl_krita_ran_the_whole_scenario_and_quit(krita_sdxl_run: dict[str, Any]) -> None:
+    record = krita_sdxl_run["record"]
+    assert record.get("finished") is True, _context(krita_sdxl_run)
+    assert record.get("error") is None, _context(krita_sdxl_run)
+    assert krita_sdxl_run["status"] == 0, _context(krita_sdxl_run)
+
+
+def test_sdxl_every_recorded_check_belongs_to_a_group(krita_sdxl_run: dict[str, Any]) -> None:
+    checks = krita_sdxl_run["record"].get("checks", {})
+    assert checks, _context(krita_sdxl_run)
+    assert [name for name in checks if _group(name) not in SDXL_GROUPS] == []
+
+
+@pytest.mark.parametrize("group", sorted(SDXL_GROUPS))
+def test_sdxl_checks_in_krita(krita_sdxl_run: dict[str, Any], group: str) -> None:
+    """Each group of the driver's SDXL checks passed (see SDXL_GROUPS)."""
+    checks = krita_sdxl_run["record"].get("checks", {})
+    mine = {name: check for name, check in checks.items() if _group(name) == group}
+    assert mine, f"no {group} checks were recorded\n{_context(krita_sdxl_run)}"
+    failed = {name: check["detail"] for name, check in mine.items() if not check["ok"]}
+    assert not failed, f"{SDXL_GROUPS[group]}: {failed}\n{_context(krita_sdxl_run)}"
+
+
+def test_sdxl_the_actions_ran_the_sdxl_methods(krita_sdxl_run: dict[str, Any]) -> None:
+    """The plugin sent exactly the SDXL recipes' jobs (chains of two for background and
+    foreground, each second job with the first one's blended image), all completed; the
+    refused SD1.5 attempt and "together" sent nothing."""
+    log = krita_sdxl_run["plugin_log_full"]
+    jobs = JOB_LINE.findall(log)
+    assert [(method, size, int(inputs)) for _, method, size, inputs in jobs] == SDXL_JOBS, log
+    for job, *_ in jobs:
+        assert f"job {job}: completed with 1 result(s)" in log, log
+
+
+def test_sdxl_family_chosen_in_the_docker_is_saved_in_kritarc(
+    krita_sdxl_run: dict[str, Any],
+) -> None:
+    kritarc = (krita_sdxl_run["profile"].config / "kritarc").read_text(encoding="utf-8")
+    section = kritarc.split("[layerdiffuse]\n", 1)[1].split("\n[", 1)[0]
+    values = dict(line.split("=", 1) for line in section.splitlines() if "=" in line)
+    assert values["family"] == "sdxl"

@@ -1,12 +1,14 @@
 """Drives the installed LayerDiffuse plugin in a real Krita, for the end-to-end test.
 
 Installed only into the test's temporary Krita profile, next to the plugin from the
-built zip. When the window exists it runs `scenario()`: a generator whose steps run on
-Krita's own event loop, one `QTimer.singleShot` after another (a nested
+built zip. When the window exists it runs the scenario `LAYERDIFFUSE_TEST_SCENARIO`
+names: `sd15` (the default; against an SD1.5 backend) or `sdxl` (against an SDXL
+backend, the family switched to SDXL in the docker). A scenario is a generator whose
+steps run on Krita's own event loop, one `QTimer.singleShot` after another (a nested
 `processEvents` loop would break layer activation, krita.md §4.3b). It triggers the
 plugin's actions for real through `Krita.instance().action(...)`, checks the layers they
 insert, writes every check to the JSON file `LAYERDIFFUSE_TEST_RESULTS` names, grabs
-the docker into `LAYERDIFFUSE_SCREENSHOT`, and quits Krita with `file_quit`.
+the docker into `LAYERDIFFUSE_SCREENSHOT` (sd15), and quits Krita with `file_quit`.
 """
 
 from __future__ import annotations
@@ -192,20 +194,74 @@ def activate(document, node):
     return Wait(f"{node.name()} to become active", active, 20.0)
 
 
-# The scenario --------------------------------------------------------------------------------
+# Shared steps ---------------------------------------------------------------------------------
 
 
-def scenario(run):
+class Scene:
+    """The document every scenario starts from, and the checks on it."""
+
+    def __init__(self, run, app, window, document):
+        self.run = run
+        self.app = app
+        self.window = window
+        self.document = document
+        self.originals = snapshot(
+            document, [by_name(document, "Background"), by_name(document, USER_LAYER)]
+        )
+
+    def users_unchanged(self):
+        document = self.document
+        now = snapshot(document, [by_name(document, USER_LAYER), by_name(document, "Background")])
+        return now == self.originals
+
+    def generate(self, action_name, expected_new, anchor, label):
+        """Activate `anchor`, trigger the action, wait for `expected_new` new layers."""
+        run, document = self.run, self.document
+        before = set(ids(document))
+        yield activate(document, anchor)
+        self.app.action(action_name).trigger()
+        yield Wait(
+            f"{action_name} to insert {expected_new} layer(s)",
+            lambda: (
+                message().startswith(("Inserted", "Cancelled"))
+                or docker_widget("message", QLabel).styleSheet().find("#c0392b") >= 0
+            ),
+        )
+        new = [node for node in walk(document.rootNode()) if uid(node) not in before]
+        run.check(f"{label}:message", message().startswith("Inserted"), message())
+        run.check(f"{label}:count", len(new) == expected_new, [n.name() for n in new])
+        return new
+
+    def check_layer(self, label, node, region):
+        run = self.run
+        box = alpha_box(node, self.document)
+        run.check(f"{label}:alpha_not_empty", box is not None, box)
+        inside = (
+            box is not None
+            and box.x >= region[0]
+            and box.y >= region[1]
+            and box.x + box.width <= region[0] + region[2]
+            and box.y + box.height <= region[1] + region[3]
+        )
+        run.check(f"{label}:inside_region", inside, (box, region))
+        # The result came back at the region's size: its content spans most of it.
+        spans = box is not None and box.width * 2 >= region[2] and box.height * 2 >= region[3]
+        run.check(f"{label}:region_sized", spans, (box, region))
+        run.check(
+            f"{label}:name", PROMPT[:20] in node.name() and "seed" in node.name(), node.name()
+        )
+
+
+def open_scene(run):
+    """A document with a white background and one painted layer of the user's; the
+    docker, connected; the actions, with their texts from the .action file."""
     app = Krita.instance()
-    window = app.activeWindow()
     yield Wait("the window", lambda: app.activeWindow() is not None, 30.0)
     window = app.activeWindow()
 
-    # A document with a white background and one painted layer of the user's.
     document = app.createDocument(WIDTH, HEIGHT, "layerdiffuse-e2e", "RGBA", "U8", "", 72.0)
     window.addView(document)
     yield Wait("the document to be active", lambda: app.activeDocument() is not None, 20.0)
-    background = document.rootNode().childNodes()[0]
     user = document.createNode(USER_LAYER, "paintlayer")
     painted = bytearray(WIDTH * HEIGHT * 4)
     for y in range(20, 90):
@@ -215,15 +271,8 @@ def scenario(run):
     user.setPixelData(bytes(painted), 0, 0, WIDTH, HEIGHT)
     document.rootNode().addChildNode(user, None)
     document.waitForDone()
-    user = by_name(document, USER_LAYER)
-    background = by_name(document, background.name())
-    originals = snapshot(document, [background, user])
+    scene = Scene(run, app, window, document)
 
-    def users_unchanged():
-        now = snapshot(document, [by_name(document, USER_LAYER), by_name(document, "Background")])
-        return now == originals
-
-    # The docker, connected; the actions, with their texts from the .action file.
     yield Wait("the docker", lambda: docker_widget("connection_status", QLabel) is not None, 30.0)
     dock = window.qwindow().findChild(QDockWidget, "layerdiffuse_docker")
     dock.show()
@@ -248,43 +297,25 @@ def scenario(run):
     scripts = next(a.menu() for a in tools.actions() if a.objectName() == "scripts")
     in_menu = {a.objectName() for a in scripts.actions()}
     run.check("actions_in_tools_scripts", set(ACTIONS) <= in_menu, sorted(in_menu))
+    return scene, dock
 
-    def generate(action_name, expected_new, anchor, label):
-        """Activate `anchor`, trigger the action, wait for `expected_new` new layers."""
-        before = set(ids(document))
-        yield activate(document, anchor)
-        app.action(action_name).trigger()
-        yield Wait(
-            f"{action_name} to insert {expected_new} layer(s)",
-            lambda: (
-                message().startswith(("Inserted", "Cancelled"))
-                or docker_widget("message", QLabel).styleSheet().find("#c0392b") >= 0
-            ),
-        )
-        new = [node for node in walk(document.rootNode()) if uid(node) not in before]
-        run.check(f"{label}:message", message().startswith("Inserted"), message())
-        run.check(f"{label}:count", len(new) == expected_new, [n.name() for n in new])
-        return new
 
-    def check_layer(label, node, region):
-        box = alpha_box(node, document)
-        run.check(f"{label}:alpha_not_empty", box is not None, box)
-        inside = (
-            box is not None
-            and box.x >= region[0]
-            and box.y >= region[1]
-            and box.x + box.width <= region[0] + region[2]
-            and box.y + box.height <= region[1] + region[3]
-        )
-        run.check(f"{label}:inside_region", inside, (box, region))
-        # The result came back at the region's size: its content spans most of it.
-        spans = box is not None and box.width * 2 >= region[2] and box.height * 2 >= region[3]
-        run.check(f"{label}:region_sized", spans, (box, region))
-        run.check(
-            f"{label}:name", PROMPT[:20] in node.name() and "seed" in node.name(), node.name()
-        )
+CANVAS = (0, 0, WIDTH, HEIGHT)
+SELECTION = (40, 24, 64, 48)
 
-    canvas = (0, 0, WIDTH, HEIGHT)
+
+# The SD1.5 scenario -------------------------------------------------------------------------
+
+
+def scenario_sd15(run):
+    scene, dock = yield from open_scene(run)
+    app, window, document = scene.app, scene.window, scene.document
+    users_unchanged, generate, check_layer = (
+        scene.users_unchanged,
+        scene.generate,
+        scene.check_layer,
+    )
+    canvas = CANVAS
 
     # 1. A transparent layer from the prompt: directly above the active layer.
     new = yield from generate(
@@ -311,7 +342,7 @@ def scenario(run):
 
     # 2. A background for the user's layer, in a selection: directly below it, inside it.
     selection = Selection()
-    selection.select(40, 24, 64, 48, 255)
+    selection.select(*SELECTION, 255)
     document.setSelection(selection)
     new = yield from generate(
         "layerdiffuse_generate_background", 1, by_name(document, USER_LAYER), "background"
@@ -326,7 +357,7 @@ def scenario(run):
     run.check(
         "background:role_in_name", "background" in background_layer.name(), background_layer.name()
     )
-    check_layer("background", background_layer, (40, 24, 64, 48))
+    check_layer("background", background_layer, SELECTION)
     run.check("background:users_unchanged", users_unchanged(), "")
     app.action("deselect").trigger()
     yield Wait("the selection to go", lambda: document.selection() is None, 10.0)
@@ -436,6 +467,152 @@ def scenario(run):
     yield Wait("the message", lambda: "8-bit RGBA" in message(), 10.0)
     run.check("gray:message", "8-bit RGBA" in message() and "GRAYA" in message(), message())
     run.check("gray:nothing_inserted", set(ids(gray)) == before, names(gray))
+
+
+# The SDXL scenario --------------------------------------------------------------------------
+
+
+def is_error():
+    return "#c0392b" in docker_widget("message", QLabel).styleSheet()
+
+
+def scenario_sdxl(run):
+    """Against an SDXL backend, with the family the painter last chose (SD1.5, in kritarc)
+    switched to SDXL in the docker: every action for real, "together" explained."""
+    scene, _dock = yield from open_scene(run)
+    app, document = scene.app, scene.document
+    users_unchanged, generate, check_layer = (
+        scene.users_unchanged,
+        scene.generate,
+        scene.check_layer,
+    )
+    run.check(
+        "docker_connected_to_sdxl",
+        "SDXL" in docker_widget("connection_status", QLabel).text(),
+        docker_widget("connection_status", QLabel).text(),
+    )
+
+    # 0. SD1.5 chosen (from kritarc) against an SDXL backend: a sentence, no layer, no job.
+    family = docker_widget("family", QComboBox)
+    run.check("family:sd15_from_settings", family.currentData() == "sd15", family.currentData())
+    before = set(ids(document))
+    yield activate(document, by_name(document, USER_LAYER))
+    app.action("layerdiffuse_generate_layer").trigger()
+    yield Wait("the refusal", is_error, 10.0)
+    run.check(
+        "family:sd15_refused",
+        "sd15_transparent" in message() and "SD1.5" in message(),
+        message(),
+    )
+    run.check("family:sd15_nothing_inserted", set(ids(document)) == before, names(document))
+    # The painter picks SDXL in the docker; it is saved at once.
+    family.setCurrentIndex(family.findData("sdxl"))
+    saved = app.readSetting("layerdiffuse", "family", "")
+    run.check("family:sdxl_chosen", family.currentData() == "sdxl" and saved == "sdxl", saved)
+
+    # 1. A transparent layer (sdxl_transparent_attn): directly above the active layer.
+    new = yield from generate(
+        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "layer"
+    )
+    layer = new[0]
+    layer_name = layer.name()
+    run.check(
+        "layer:above_active",
+        names(document) == ["Background", USER_LAYER, layer_name],
+        names(document),
+    )
+    check_layer("layer", layer, CANVAS)
+    run.check("layer:users_unchanged", users_unchanged(), "")
+
+    # 2. A background for the user's layer in a selection (sdxl_fg2ble, then
+    # sdxl_fgble2bg on its blended image): one layer directly below it, inside it.
+    selection = Selection()
+    selection.select(*SELECTION, 255)
+    document.setSelection(selection)
+    new = yield from generate(
+        "layerdiffuse_generate_background", 1, by_name(document, USER_LAYER), "background"
+    )
+    background_layer = new[0]
+    background_id = uid(background_layer)
+    order = names(document)
+    run.check(
+        "background:below_active",
+        order == ["Background", background_layer.name(), USER_LAYER, layer_name],
+        order,
+    )
+    run.check(
+        "background:role_in_name", "background" in background_layer.name(), background_layer.name()
+    )
+    run.check(
+        "background:opaque",
+        is_opaque_in(background_layer, document, SELECTION),
+        alpha_box(background_layer, document),
+    )
+    check_layer("background", background_layer, SELECTION)
+    run.check("background:users_unchanged", users_unchanged(), "")
+    # Two jobs, one layer, one undo step.
+    app.action("edit_undo").trigger()
+    yield Wait("undo", lambda: background_id not in ids(document), 10.0)
+    run.check(
+        "background:one_undo_step",
+        names(document) == ["Background", USER_LAYER, layer_name],
+        names(document),
+    )
+    app.action("edit_redo").trigger()
+    yield Wait("redo", lambda: background_id in ids(document), 10.0)
+    app.action("deselect").trigger()
+    yield Wait("the selection to go", lambda: document.selection() is None, 10.0)
+
+    # 3. A foreground into the scene (sdxl_bg2ble, then sdxl_bgble2fg): directly above
+    # the active layer; the transparent layer above it is visible again.
+    new = yield from generate(
+        "layerdiffuse_generate_foreground", 1, by_name(document, USER_LAYER), "foreground"
+    )
+    foreground = new[0]
+    order = names(document)
+    run.check(
+        "foreground:above_active",
+        order == ["Background", background_layer.name(), USER_LAYER, foreground.name(), layer_name],
+        order,
+    )
+    run.check("foreground:role_in_name", "foreground" in foreground.name(), foreground.name())
+    check_layer("foreground", foreground, CANVAS)
+    run.check("foreground:layers_above_visible_again", by_name(document, layer_name).visible(), "")
+    run.check("foreground:users_unchanged", users_unchanged(), "")
+
+    # 4. "Together" has no SDXL method: the docker says so and inserts nothing.
+    method = docker_widget("method", QComboBox)
+    method.setCurrentIndex(method.findData("together"))
+    before = set(ids(document))
+    yield activate(document, by_name(document, USER_LAYER))
+    generate_button = docker_widget("generate", QPushButton)
+    generate_button.click()
+    yield Wait("the explanation", is_error, 10.0)
+    yield Sleep(0.5)  # (a job started by mistake would have time to show)
+    run.check(
+        "together:explained",
+        "needs an SD1.5 model" in message() and "SDXL" in message(),
+        message(),
+    )
+    run.check("together:nothing_inserted", set(ids(document)) == before, names(document))
+    run.check("together:no_job_running", generate_button.isEnabled(), message())
+    run.check("together:users_unchanged", users_unchanged(), "")
+    method.setCurrentIndex(method.findData("transparent_layer"))
+
+
+def is_opaque_in(node, document, region):
+    """Every pixel of `node` inside `region` is fully opaque."""
+    x, y, width, height = region
+    data = bytes(node.pixelData(x, y, width, height))
+    return len(data) == width * height * 4 and all(alpha == 255 for alpha in data[3::4])
+
+
+SCENARIOS = {"sd15": scenario_sd15, "sdxl": scenario_sdxl}
+
+
+def scenario(run):
+    """The scenario `LAYERDIFFUSE_TEST_SCENARIO` names (sd15 by default)."""
+    return SCENARIOS[os.environ.get("LAYERDIFFUSE_TEST_SCENARIO", "sd15")](run)
 
 
 class DriverExtension(Extension):
