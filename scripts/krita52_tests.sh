@@ -7,7 +7,8 @@
 # runs the same tests with `krita` and `kritarunner` taken from there. The backend and
 # pytest stay outside; Krita reaches the backend on 127.0.0.1 as usual.
 #
-# Needs root (or sudo) for debootstrap, chroot and bind mounts, and deb.debian.org.
+# Needs root (or sudo) for debootstrap, chroot and bind mounts, unshare (util-linux)
+# and deb.debian.org.
 # Usage: scripts/krita52_tests.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,18 +33,20 @@ if [ ! -x "$root/usr/bin/kritarunner" ] || [ ! -d "$root/usr/lib/python3/dist-pa
         || { tail -20 "$base.install.log"; exit 1; }
 fi
 
+# The mounts below live in a private mount namespace: they vanish with this script
+# however it ends, so no later `rm -rf build` can reach /tmp or the checkout through them.
+if [ -z "${KRITA52_NAMESPACE:-}" ]; then
+    exec $sudo env PATH="$PATH" KRITA52_NAMESPACE=1 unshare --mount --propagation private "$0" "$@"
+fi
+sudo=""  # root from here on
+
 # /proc, /dev and /sys for Krita itself; /tmp for pytest's folders, the X socket and
-# xvfb-run's auth file; the checkout at the same path, for the test scripts.
-mounted=()
-cleanup() {
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do $sudo umount -l "${mounted[$i]}" || true; done
-}
-trap cleanup EXIT
+# xvfb-run's auth file; the checkout at the same path, read-only, for the test scripts.
 for path in /proc /dev /sys /tmp "$repo"; do
-    $sudo mkdir -p "$root$path"
-    $sudo mount --bind "$path" "$root$path"
-    mounted+=("$root$path")
+    mkdir -p "$root$path"
+    mount --bind "$path" "$root$path"
 done
+mount -o remount,bind,ro "$root$repo"
 
 # krita and kritarunner from the chroot, started in the same folder with the same
 # environment; the tests find Krita's data (its plugin importer) next to the binary.
@@ -51,11 +54,11 @@ mkdir -p "$base/bin"
 for program in krita kritarunner; do
     cat >"$base/bin/$program" <<EOF
 #!/bin/sh
-exec ${sudo:+$sudo -E} chroot "$root" /bin/sh -c 'cd "\$0" 2>/dev/null || cd /; exec "\$@"' "\$PWD" /usr/bin/$program "\$@"
+exec chroot "$root" /bin/sh -c 'cd "\$0" 2>/dev/null || cd /; exec "\$@"' "\$PWD" /usr/bin/$program "\$@"
 EOF
     chmod +x "$base/bin/$program"
 done
 ln -sfn "$root/usr/share" "$base/share"
-echo "krita52_tests: Krita $($sudo chroot "$root" dpkg-query -W -f '${Version}' krita) from Debian trixie"
+echo "krita52_tests: Krita $(chroot "$root" dpkg-query -W -f '${Version}' krita) from Debian trixie"
 
 PATH="$base/bin:$PATH" python -m pytest -q tests/krita_plugin/in_krita -p no:cacheprovider "$@"
