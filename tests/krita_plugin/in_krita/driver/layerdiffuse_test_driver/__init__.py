@@ -251,6 +251,74 @@ class Scene:
             f"{label}:name", PROMPT[:20] in node.name() and "seed" in node.name(), node.name()
         )
 
+    # The three actions, as both scenarios run them -----------------------------------------
+
+    def transparent_layer(self):
+        """generate_layer: one transparent layer directly above the painter's layer."""
+        run, document = self.run, self.document
+        [layer] = yield from self.generate(
+            "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "layer"
+        )
+        run.check(
+            "layer:above_active",
+            names(document) == ["Background", USER_LAYER, layer.name()],
+            names(document),
+        )
+        self.check_layer("layer", layer, CANVAS)
+        run.check("layer:users_unchanged", self.users_unchanged(), "")
+        return layer
+
+    def background_in_selection(self, layer_name):
+        """generate_background in a selection: one opaque layer directly below the
+        painter's layer, inside the selection (which stays selected)."""
+        run, document = self.run, self.document
+        selection = Selection()
+        selection.select(*SELECTION, 255)
+        document.setSelection(selection)
+        [background] = yield from self.generate(
+            "layerdiffuse_generate_background", 1, by_name(document, USER_LAYER), "background"
+        )
+        order = names(document)
+        run.check(
+            "background:below_active",
+            order == ["Background", background.name(), USER_LAYER, layer_name],
+            order,
+        )
+        run.check("background:role_in_name", "background" in background.name(), background.name())
+        run.check(
+            "background:opaque",
+            is_opaque_in(background, document, SELECTION),
+            alpha_box(background, document),
+        )
+        self.check_layer("background", background, SELECTION)
+        run.check("background:users_unchanged", self.users_unchanged(), "")
+        return background
+
+    def deselect(self):
+        self.app.action("deselect").trigger()
+        yield Wait("the selection to go", lambda: self.document.selection() is None, 10.0)
+
+    def foreground_into_scene(self, background_name, layer_name):
+        """generate_foreground: one layer directly above the painter's layer; the
+        transparent layer above it was hidden for the read and is visible again."""
+        run, document = self.run, self.document
+        [foreground] = yield from self.generate(
+            "layerdiffuse_generate_foreground", 1, by_name(document, USER_LAYER), "foreground"
+        )
+        order = names(document)
+        run.check(
+            "foreground:above_active",
+            order == ["Background", background_name, USER_LAYER, foreground.name(), layer_name],
+            order,
+        )
+        run.check("foreground:role_in_name", "foreground" in foreground.name(), foreground.name())
+        self.check_layer("foreground", foreground, CANVAS)
+        run.check(
+            "foreground:layers_above_visible_again", by_name(document, layer_name).visible(), ""
+        )
+        run.check("foreground:users_unchanged", self.users_unchanged(), "")
+        return foreground
+
 
 def open_scene(run):
     """A document with a white background and one painted layer of the user's; the
@@ -318,17 +386,7 @@ def scenario_sd15(run):
     canvas = CANVAS
 
     # 1. A transparent layer from the prompt: directly above the active layer.
-    new = yield from generate(
-        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "layer"
-    )
-    layer = new[0]
-    run.check(
-        "layer:above_active",
-        names(document) == ["Background", USER_LAYER, layer.name()],
-        names(document),
-    )
-    check_layer("layer", layer, canvas)
-    run.check("layer:users_unchanged", users_unchanged(), "")
+    layer = yield from scene.transparent_layer()
     layer_name = layer.name()
 
     # One undo removes it (a single undo step), redo brings it back.
@@ -341,42 +399,11 @@ def scenario_sd15(run):
     run.check("undo:redo_restores", names(document)[-1] == layer_name, names(document))
 
     # 2. A background for the user's layer, in a selection: directly below it, inside it.
-    selection = Selection()
-    selection.select(*SELECTION, 255)
-    document.setSelection(selection)
-    new = yield from generate(
-        "layerdiffuse_generate_background", 1, by_name(document, USER_LAYER), "background"
-    )
-    background_layer = new[0]
-    order = names(document)
-    run.check(
-        "background:below_active",
-        order == ["Background", background_layer.name(), USER_LAYER, layer_name],
-        order,
-    )
-    run.check(
-        "background:role_in_name", "background" in background_layer.name(), background_layer.name()
-    )
-    check_layer("background", background_layer, SELECTION)
-    run.check("background:users_unchanged", users_unchanged(), "")
-    app.action("deselect").trigger()
-    yield Wait("the selection to go", lambda: document.selection() is None, 10.0)
+    background_layer = yield from scene.background_in_selection(layer_name)
+    yield from scene.deselect()
 
-    # 3. A foreground into the scene: directly above the active layer; the transparent
-    # layer above it was hidden for the read and is visible again.
-    new = yield from generate(
-        "layerdiffuse_generate_foreground", 1, by_name(document, USER_LAYER), "foreground"
-    )
-    foreground = new[0]
-    order = names(document)
-    run.check(
-        "foreground:above_active",
-        order == ["Background", background_layer.name(), USER_LAYER, foreground.name(), layer_name],
-        order,
-    )
-    check_layer("foreground", foreground, canvas)
-    run.check("foreground:layers_above_visible_again", by_name(document, layer_name).visible(), "")
-    run.check("foreground:users_unchanged", users_unchanged(), "")
+    # 3. A foreground into the scene: directly above the active layer.
+    foreground = yield from scene.foreground_into_scene(background_layer.name(), layer_name)
     # Hiding and showing layers for the read left no undo step: one undo removes the
     # foreground, and nothing else changes.
     foreground_id = uid(foreground)  # (the transparent layer has the same name)
@@ -481,11 +508,7 @@ def scenario_sdxl(run):
     switched to SDXL in the docker: every action for real, "together" explained."""
     scene, _dock = yield from open_scene(run)
     app, document = scene.app, scene.document
-    users_unchanged, generate, check_layer = (
-        scene.users_unchanged,
-        scene.generate,
-        scene.check_layer,
-    )
+    users_unchanged = scene.users_unchanged
     run.check(
         "docker_connected_to_sdxl",
         "SDXL" in docker_widget("connection_status", QLabel).text(),
@@ -511,45 +534,13 @@ def scenario_sdxl(run):
     run.check("family:sdxl_chosen", family.currentData() == "sdxl" and saved == "sdxl", saved)
 
     # 1. A transparent layer (sdxl_transparent_attn): directly above the active layer.
-    new = yield from generate(
-        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "layer"
-    )
-    layer = new[0]
+    layer = yield from scene.transparent_layer()
     layer_name = layer.name()
-    run.check(
-        "layer:above_active",
-        names(document) == ["Background", USER_LAYER, layer_name],
-        names(document),
-    )
-    check_layer("layer", layer, CANVAS)
-    run.check("layer:users_unchanged", users_unchanged(), "")
 
     # 2. A background for the user's layer in a selection (sdxl_fg2ble, then
     # sdxl_fgble2bg on its blended image): one layer directly below it, inside it.
-    selection = Selection()
-    selection.select(*SELECTION, 255)
-    document.setSelection(selection)
-    new = yield from generate(
-        "layerdiffuse_generate_background", 1, by_name(document, USER_LAYER), "background"
-    )
-    background_layer = new[0]
+    background_layer = yield from scene.background_in_selection(layer_name)
     background_id = uid(background_layer)
-    order = names(document)
-    run.check(
-        "background:below_active",
-        order == ["Background", background_layer.name(), USER_LAYER, layer_name],
-        order,
-    )
-    run.check(
-        "background:role_in_name", "background" in background_layer.name(), background_layer.name()
-    )
-    run.check(
-        "background:opaque",
-        is_opaque_in(background_layer, document, SELECTION),
-        alpha_box(background_layer, document),
-    )
-    check_layer("background", background_layer, SELECTION)
-    run.check("background:users_unchanged", users_unchanged(), "")
     # Two jobs, one layer, one undo step.
     app.action("edit_undo").trigger()
     yield Wait("undo", lambda: background_id not in ids(document), 10.0)
@@ -560,25 +551,11 @@ def scenario_sdxl(run):
     )
     app.action("edit_redo").trigger()
     yield Wait("redo", lambda: background_id in ids(document), 10.0)
-    app.action("deselect").trigger()
-    yield Wait("the selection to go", lambda: document.selection() is None, 10.0)
+    yield from scene.deselect()
 
     # 3. A foreground into the scene (sdxl_bg2ble, then sdxl_bgble2fg): directly above
-    # the active layer; the transparent layer above it is visible again.
-    new = yield from generate(
-        "layerdiffuse_generate_foreground", 1, by_name(document, USER_LAYER), "foreground"
-    )
-    foreground = new[0]
-    order = names(document)
-    run.check(
-        "foreground:above_active",
-        order == ["Background", background_layer.name(), USER_LAYER, foreground.name(), layer_name],
-        order,
-    )
-    run.check("foreground:role_in_name", "foreground" in foreground.name(), foreground.name())
-    check_layer("foreground", foreground, CANVAS)
-    run.check("foreground:layers_above_visible_again", by_name(document, layer_name).visible(), "")
-    run.check("foreground:users_unchanged", users_unchanged(), "")
+    # the active layer.
+    yield from scene.foreground_into_scene(background_layer.name(), layer_name)
 
     # 4. "Together" has no SDXL method: the docker says so and inserts nothing.
     method = docker_widget("method", QComboBox)
