@@ -8,7 +8,9 @@ OpenCV itself.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,22 +38,23 @@ def pad_rgb(rgba: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 4) uint8 image, got {rgba.shape} {rgba.dtype}")
     image = rgba.astype(np.float32) / 255.0
     alpha = image[..., 3:]
-    levels = [(image[..., :3] * alpha, alpha)]
-    while min(levels[-1][1].shape[:2]) > 1:
-        colour, alpha = levels[-1]
-        height, width = alpha.shape[:2]
+    # One (H, W, 4) array per level, premultiplied colour and alpha resized together.
+    levels = [np.concatenate([image[..., :3] * alpha, alpha], axis=-1)]
+    while min(levels[-1].shape[:2]) > 1:
+        height, width = levels[-1].shape[:2]
         size = (int(height / PYRAMID_FACTOR), int(width / PYRAMID_FACTOR))
-        levels.append((_resize_area(colour, size), _resize_area(alpha, size)))
+        levels.append(_resize(levels[-1], size, _area_table))
 
-    top_colour, top_alpha = levels[-1]
-    weight = np.clip(top_alpha.sum(axis=(0, 1), keepdims=True), 1e-8, 1e32)
-    fill = top_colour.sum(axis=(0, 1), keepdims=True) / weight
-    for colour, alpha in reversed(levels):
-        fill = _resize_linear(fill, colour.shape[:2])
-        fill = colour + fill * (1.0 - alpha)
+    top = levels[-1]
+    weight = np.clip(top[..., 3:].sum(axis=(0, 1), keepdims=True), 1e-8, 1e32)
+    fill = top[..., :3].sum(axis=(0, 1), keepdims=True) / weight
+    for level in reversed(levels):
+        fill = _resize(fill, level.shape[:2], _linear_table)
+        fill = level[..., :3] + fill * (1.0 - level[..., 3:])
     return fill.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
 def _area_table(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
     """Source indices and weights per target pixel of OpenCV's INTER_AREA (downscaling)."""
     scale = 1.0 / (target / source)
@@ -77,9 +80,10 @@ def _area_table(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
         for slot, (source_index, w) in enumerate(taps):
             indices[index, slot] = source_index
             weights[index, slot] = w
-    return indices, weights
+    return _frozen(indices), _frozen(weights)
 
 
+@functools.lru_cache(maxsize=256)
 def _linear_table(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
     """Source indices and weights of OpenCV's INTER_LINEAR (half-pixel centres, edge clamp)."""
     scale = source / target
@@ -94,31 +98,39 @@ def _linear_table(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
     right = np.minimum(left + 1, source - 1)
     indices = np.stack([left, right], axis=1)
     weights = np.stack([1.0 - fraction, fraction], axis=1).astype(np.float32)
-    return indices, weights
+    return _frozen(indices), _frozen(weights)
 
 
-def _apply_tables(image: np.ndarray, rows: tuple, columns: tuple) -> np.ndarray:
-    row_index, row_weight = rows
-    column_index, column_weight = columns
-    # A weighted sum of a few shifted copies per axis (at most 3 taps for these scales).
-    vertical = sum(
-        image[row_index[:, tap]] * row_weight[:, tap, None, None]
-        for tap in range(row_index.shape[1])
-    )
-    return sum(
-        vertical[:, column_index[:, tap]] * column_weight[None, :, tap, None]
-        for tap in range(column_index.shape[1])
-    )
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # the tables are cached and shared
+    return array
 
 
-def _resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resize(
+    image: np.ndarray, size: tuple[int, int], table: Callable[[int, int], tuple]
+) -> np.ndarray:
+    """Resize (H, W, C) to `size` with a separable table (`_area_table`, `_linear_table`)."""
     height, width = image.shape[:2]
-    return _apply_tables(image, _area_table(height, size[0]), _area_table(width, size[1]))
+    vertical = _apply_table(image, table(height, size[0]), axis=0)
+    return _apply_table(vertical, table(width, size[1]), axis=1)
 
 
-def _resize_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = image.shape[:2]
-    return _apply_tables(image, _linear_table(height, size[0]), _linear_table(width, size[1]))
+def _apply_table(image: np.ndarray, table: tuple, axis: int) -> np.ndarray:
+    """A weighted sum of a few (at most 3 here) gathered copies along one axis.
+
+    The taps are added in order into the first, so the result is the same float32
+    arithmetic as summing the terms left to right, without a temporary per tap.
+    """
+    index, weight = table
+    shape = [1] * image.ndim
+    shape[axis] = -1
+    out = np.take(image, index[:, 0], axis=axis)
+    out *= weight[:, 0].reshape(shape)
+    for tap in range(1, index.shape[1]):
+        term = np.take(image, index[:, tap], axis=axis)
+        term *= weight[:, tap].reshape(shape)
+        out += term
+    return out
 
 
 def checkerboard(height: int, width: int) -> np.ndarray:
