@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend.layerdiffuse import (
+    SD15LayerHandle,
     TransparentVAEDecoder,
     TransparentVAEEncoder,
+    attach_sd15_layer_model,
     load_transparent_decoder,
     load_transparent_encoder,
 )
@@ -81,7 +84,8 @@ class ModelSet:
         device: where everything runs.
         dtype: the compute dtype of the UNet, VAE and LayerDiffuse models.
         is_demo: the tiny random demo set (its pictures are noise).
-        cached_layer_files: how many layer files stay loaded on the device.
+        cached_layer_files: how many layer files stay loaded on the device (and, for
+            SD1.5, attached to the UNet, switched off between jobs).
     """
 
     base: BaseModel
@@ -92,6 +96,9 @@ class ModelSet:
     is_demo: bool = False
     cached_layer_files: int = 2
     _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+    _layer_handles: OrderedDict[str, SD15LayerHandle] = field(
         default_factory=OrderedDict, repr=False
     )
     _decoders: dict[str, TransparentVAEDecoder] = field(default_factory=dict, repr=False)
@@ -124,6 +131,31 @@ class ModelSet:
                 self._layer_files.popitem(last=False)
         self._layer_files.move_to_end(key)
         return cached
+
+    @contextmanager
+    def sd15_layer_model(self, name: str) -> Iterator[SD15LayerHandle]:
+        """An SD1.5 layer file attached to the UNet and switched on for one job.
+
+        On leaving, whatever happens, the UNet gets its own processors back and the
+        control image is forgotten, but the handle stays attached (switched off) for
+        the most recently used `cached_layer_files` files: the next job with the same
+        file skips merging its LoRA into per-frame weights (84 ms a job on an H200,
+        docs/benchmarks.md).
+        """
+        handle = self._layer_handles.get(name)
+        if handle is None:
+            handle = attach_sd15_layer_model(self.base.unet, self.layer_state_dict(name))
+            self._layer_handles[name] = handle
+            while len(self._layer_handles) > self.cached_layer_files:
+                self._layer_handles.popitem(last=False)[1].detach()
+        else:
+            handle.set_active(True)
+        self._layer_handles.move_to_end(name)
+        try:
+            yield handle
+        finally:
+            handle.set_active(False)
+            handle.clear_control()
 
     def transparent_decoder(self) -> TransparentVAEDecoder:
         """This family's transparent decoder, loaded once, on the device in `dtype`."""

@@ -155,7 +155,8 @@ def bench_breakdown(report: BenchReport, models: ModelSet, side: int, steps: int
             "layer file (cached)", lambda: models.layer_state_dict("layer_sd15_transparent_attn")
         )
         handle = timed(
-            "attach (merge LoRA)", lambda: attach_sd15_layer_model(models.base.unet, state)
+            "attach (merge LoRA), first job",
+            lambda: attach_sd15_layer_model(models.base.unet, state),
         )
         noise, generators = timed(
             "seeded noise",
@@ -178,6 +179,13 @@ def bench_breakdown(report: BenchReport, models: ModelSet, side: int, steps: int
             ),
         )
         timed("detach", handle.detach)
+
+        def switch_on_and_off() -> None:
+            with models.sd15_layer_model("layer_sd15_transparent_attn"):
+                pass
+
+        switch_on_and_off()  # attached once and kept, switched off, as a job leaves it
+        timed("switch on+off, next jobs", switch_on_and_off)
         pixels = timed("VAE decode", lambda: vae_decode(models, latents))
         timed(
             "transparent decode (8 views) + to uint8",

@@ -414,7 +414,7 @@ class SD15LayerHandle:
         self.layout = layout
         self._processors = processors
         self._control = control
-        self._saved = dict(unet.attn_processors)
+        self._saved: dict[str, object] = {}
         self._active = False
         self.set_active(True)
 
@@ -428,11 +428,24 @@ class SD15LayerHandle:
         return self._active
 
     def set_active(self, active: bool) -> None:
-        """Switch between the layer model and the UNet's own processors (Stop At)."""
+        """Switch between the layer model and the UNet's own processors.
+
+        Used for Stop At within a job, and between jobs: a handle switched off keeps its
+        merged weights, so the next job with the same file only switches it on again.
+
+        Raises:
+            RuntimeError: switching on while another layer model is on this UNet.
+        """
         if active == self._active:
             return
         if active:
-            self.unet.set_attn_processor({**self._saved, **self._processors})
+            if not self._processors:
+                raise RuntimeError("this layer model was detached")
+            current = dict(self.unet.attn_processors)
+            if any(isinstance(p, SharedAttentionProcessor) for p in current.values()):
+                raise RuntimeError("another layer model is active on this UNet")
+            self._saved = current  # the UNet's own processors, restored when switched off
+            self.unet.set_attn_processor({**current, **self._processors})
         else:
             self.unet.set_attn_processor(dict(self._saved))
         self._active = active
@@ -456,12 +469,16 @@ class SD15LayerHandle:
         self._control.features = features
         self._control.projected.clear()
 
+    def clear_control(self) -> None:
+        """Forget the control image and its projections (their memory too)."""
+        self._control.features = {}
+        self._control.projected.clear()
+
     def detach(self) -> None:
         """Restore the UNet's own attention processors and drop this model's state."""
         self.set_active(False)
         self._processors.clear()
-        self._control.features = {}
-        self._control.projected.clear()
+        self.clear_control()
 
 
 @torch.no_grad()
@@ -480,7 +497,8 @@ def attach_sd15_layer_model(
         state_dict: the file's tensors.
 
     Returns:
-        The handle: `set_control(image)`, `set_active(bool)`, `detach()`.
+        The handle, active: `set_control(image)`, `set_active(bool)`,
+        `clear_control()`, `detach()`.
 
     Raises:
         ValueError: the keys do not fit the format or this UNet.

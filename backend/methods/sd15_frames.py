@@ -14,7 +14,6 @@ import torch
 
 from protocol import LayerRole
 
-from ..layerdiffuse import attach_sd15_layer_model
 from ..model_set import ModelSet
 from .denoise import Conditioning, StepCallback, sample_passes
 from .prompts import layer_prompt
@@ -72,10 +71,9 @@ def run_frames(
     )
 
     # 3. The layer model, with its control image; the UNet is restored whatever happens.
-    handle = attach_sd15_layer_model(models.base.unet, models.layer_state_dict(layer_file))
     images: list[dict[LayerRole, np.ndarray]] = []
     seeds: list[int] = []
-    try:
+    with models.sd15_layer_model(layer_file) as handle:
         if control_role is not None:
             handle.set_control(control_image(request, control_role, width, height))
         conditioning = Conditioning(context, uncond)
@@ -106,8 +104,6 @@ def run_frames(
                     }
                 )
                 seeds.append(pass_seeds[index * frames])
-    finally:
-        handle.detach()
     return GenerationResult(images=images, seeds=seeds, generation_size=(width, height))
 
 

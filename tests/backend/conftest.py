@@ -30,7 +30,8 @@ def demo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_models(demo_cache_dir: Path) -> ModelSet:
     """The demo `ModelSet` on the CPU in float32, shared by the session's tests.
 
-    Tests must leave it as they found it (attach layer models only with a detach).
+    Tests must leave it as they found it (attach layer models only with a detach; the
+    SD1.5 methods keep theirs attached but switched off, which leaves the UNet as found).
     """
     return open_model_set(demo=True, cache_dir=demo_cache_dir, device="cpu", dtype="float32")
 

@@ -271,6 +271,32 @@ def test_detach_and_stop_at_restore_the_unet_exactly() -> None:
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in before_state.items())
 
 
+def test_one_layer_model_at_a_time_and_a_switched_off_one_comes_back_exactly() -> None:
+    """Handles kept between jobs: only one may be on; switching back on gives the same
+    output; a detached one cannot come back."""
+    unet = tiny_sd15_unet()
+    own = dict(unet.attn_processors)
+    first = attach_sd15_layer_model(unet, random_layer_state(unet, LayerModelLayout(1, 4, False)))
+    sample, context = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        patched = unet(sample, 10, context).sample
+        second_state = random_layer_state(unet, LayerModelLayout(2, 4, False))
+        with pytest.raises(RuntimeError, match="another layer model is active"):
+            attach_sd15_layer_model(unet, second_state)
+        assert unet.attn_processors == {**own, **first._processors}
+        first.set_active(False)
+        second = attach_sd15_layer_model(unet, second_state)
+        with pytest.raises(RuntimeError, match="another layer model is active"):
+            first.set_active(True)
+        second.detach()
+        with pytest.raises(RuntimeError, match="detached"):
+            second.set_active(True)
+        first.set_active(True)
+        assert torch.equal(unet(sample, 10, context).sample, patched)
+        first.set_active(False)
+    assert unet.attn_processors == own
+
+
 def test_strict_loading_rejects_files_that_do_not_fit() -> None:
     unet = tiny_sd15_unet()
     before = dict(unet.attn_processors)

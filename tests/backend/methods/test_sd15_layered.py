@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from backend import model_set
 from backend.errors import InvalidRequest
 from backend.methods import sd15_frames
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
 from backend.model_set import ModelSet
+from backend.store.model_sets import open_model_set
 from protocol import METHOD_SPECS, LayerRole, Method, Sampler
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
@@ -171,3 +175,60 @@ def test_every_sampler_runs_the_layer_methods(sampler: Sampler, demo_models: Mod
     layers = run_method(request, demo_models).images[0]
     assert set(layers) == {FG, BLEND}
     assert all(image.shape == (64, 64, 4) for image in layers.values())
+
+
+@pytest.fixture
+def fresh_models(demo_cache_dir: Path) -> ModelSet:
+    """A demo set of its own: these tests watch its layer-model cache from empty."""
+    return open_model_set(demo=True, cache_dir=demo_cache_dir, device="cpu", dtype="float32")
+
+
+def test_jobs_with_the_same_file_reuse_its_attached_layer_model(
+    fresh_models: ModelSet, demo_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge runs once per file while it stays cached; results stay bit for bit."""
+    attached: list[int] = []
+    real_attach = model_set.attach_sd15_layer_model
+
+    def counting_attach(unet: torch.nn.Module, state_dict: dict) -> object:
+        attached.append(len(state_dict))
+        return real_attach(unet, state_dict)
+
+    monkeypatch.setattr(model_set, "attach_sd15_layer_model", counting_attach)
+    own = dict(fresh_models.base.unet.attn_processors)
+    reference = run_method(request_for(Method.SD15_FG_TO_BG), demo_models).images[0]
+
+    def job(method: Method) -> dict[LayerRole, np.ndarray]:
+        images = run_method(request_for(method), fresh_models).images[0]
+        assert fresh_models.base.unet.attn_processors == own  # switched off between jobs
+        return images
+
+    first, second = job(Method.SD15_FG_TO_BG), job(Method.SD15_FG_TO_BG)
+    assert len(attached) == 1
+    for images in (first, second):
+        assert all(np.array_equal(images[role], reference[role]) for role in reference)
+    job(Method.SD15_JOINT)
+    job(Method.SD15_FG_TO_BG)
+    assert len(attached) == 2  # two files stay cached (cached_layer_files = 2)
+    job(Method.SD15_BG_TO_FG)  # a third file: the least recently used one (joint) goes
+    assert len(attached) == 3
+    job(Method.SD15_FG_TO_BG)  # still attached
+    assert len(attached) == 3
+    job(Method.SD15_JOINT)  # again, pushing out bg2fg, now the least recently used
+    last = job(Method.SD15_FG_TO_BG)
+    assert len(attached) == 4
+    assert all(np.array_equal(last[role], reference[role]) for role in reference)
+
+
+def test_a_job_that_fails_midway_leaves_the_unet_as_found(fresh_models: ModelSet) -> None:
+    own = dict(fresh_models.base.unet.attn_processors)
+    reference = run_method(request_for(Method.SD15_BG_TO_FG), fresh_models).images[0]
+
+    def fail(step: int, total: int, preview: object = None) -> None:
+        raise RuntimeError("the sampler stopped")
+
+    with pytest.raises(RuntimeError, match="the sampler stopped"):
+        run_method(request_for(Method.SD15_BG_TO_FG), fresh_models, fail)
+    assert fresh_models.base.unet.attn_processors == own
+    again = run_method(request_for(Method.SD15_BG_TO_FG), fresh_models).images[0]
+    assert all(np.array_equal(again[role], reference[role]) for role in reference)
