@@ -84,8 +84,10 @@ class ModelSet:
         device: where everything runs.
         dtype: the compute dtype of the UNet, VAE and LayerDiffuse models.
         is_demo: the tiny random demo set (its pictures are noise).
-        cached_layer_files: how many layer files stay loaded on the device (and, for
-            SD1.5, attached to the UNet, switched off between jobs).
+        cached_layer_files: how many layer files stay loaded on the device.
+        kept_layer_models: how many SD1.5 layer models stay attached to the UNet,
+            switched off, between jobs (each holds its per-frame merged attention
+            weights: 187 MB per frame in fp16, so 187–561 MB).
     """
 
     base: BaseModel
@@ -95,6 +97,7 @@ class ModelSet:
     dtype: torch.dtype
     is_demo: bool = False
     cached_layer_files: int = 2
+    kept_layer_models: int = 1
     _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
         default_factory=OrderedDict, repr=False
     )
@@ -138,7 +141,7 @@ class ModelSet:
 
         On leaving, whatever happens, the UNet gets its own processors back and the
         control image is forgotten, but the handle stays attached (switched off) for
-        the most recently used `cached_layer_files` files: the next job with the same
+        the most recently used `kept_layer_models` files: the next job with the same
         file skips merging its LoRA into per-frame weights (84 ms a job on an H200,
         docs/benchmarks.md).
         """
@@ -146,7 +149,7 @@ class ModelSet:
         if handle is None:
             handle = attach_sd15_layer_model(self.base.unet, self.layer_state_dict(name))
             self._layer_handles[name] = handle
-            while len(self._layer_handles) > self.cached_layer_files:
+            while len(self._layer_handles) > self.kept_layer_models:
                 self._layer_handles.popitem(last=False)[1].detach()
         else:
             handle.set_active(True)
