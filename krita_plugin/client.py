@@ -385,11 +385,10 @@ class BackendClient:
             raise NotConnected(self.status)
         return self._protocol
 
-    async def _send(self, frames: protocol.Frames) -> None:
+    async def _send(self, frames: list[str | bytes]) -> None:
         websocket = self._websocket
         if websocket is None:
             raise NotConnected(self.status)
         async with self._send_lock:
             for frame in frames:
-                # a binary frame goes as two fragments, its pixels never copied
-                await websocket.send(frame if isinstance(frame, str) else frame.parts)
+                await websocket.send(frame)

@@ -38,13 +38,10 @@ from .events import (
 from .images import (
     MAX_HEADER_BYTES,
     MAX_IMAGE_ID_CHARS,
-    BinaryFrame,
     ImageAssembler,
     ImageRef,
     PixelFormat,
     allocate_image_buffer,
-    chunk_frame,
-    image_frames,
     max_png_size,
     pack_chunk,
     split_image,
@@ -81,7 +78,7 @@ from .methods import (
     ResizeMode,
     Sampler,
 )
-from .state_machine import ClientProtocol, Frames, ServerProtocol
+from .state_machine import ClientProtocol, ServerProtocol
 from .version import PROTOCOL_VERSION, check_compatible, is_newer_minor
 
 __all__ = [
@@ -97,7 +94,6 @@ __all__ = [
     "Accepted",
     "BadImage",
     "BadMessage",
-    "BinaryFrame",
     "Cancel",
     "CancelRequested",
     "Capabilities",
@@ -109,7 +105,6 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "ErrorReceived",
-    "Frames",
     "GenerationParameters",
     "Hello",
     "HelloReceived",
@@ -153,11 +148,9 @@ __all__ = [
     "WelcomeReceived",
     "allocate_image_buffer",
     "check_compatible",
-    "chunk_frame",
     "decode_message",
     "encode_message",
     "error_for",
-    "image_frames",
     "is_newer_minor",
     "max_png_size",
     "pack_chunk",

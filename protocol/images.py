@@ -26,13 +26,10 @@ from .limits import Limits
 __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_IMAGE_ID_CHARS",
-    "BinaryFrame",
     "ImageAssembler",
     "ImageRef",
     "PixelFormat",
     "allocate_image_buffer",
-    "chunk_frame",
-    "image_frames",
     "max_png_size",
     "pack_chunk",
     "split_image",
@@ -148,39 +145,16 @@ class ImageRef:
             )
 
 
-@dataclass(frozen=True)
-class BinaryFrame:
-    """One binary frame kept as its two parts, so that the payload is never copied.
-
-    `header` is the length prefix and the JSON header; `payload` a view into the
-    sender's image, which must not change until the frame is sent. Send it as one
-    fragmented websocket message, `websocket.send(frame.parts)`: the peer receives the
-    same message as from `bytes(frame)`, and the sender skips a copy of every pixel
-    (about 20 % of a 64 MiB layer's round trip on loopback, docs/benchmarks.md).
-    """
-
-    header: bytes
-    payload: memoryview
-
-    @property
-    def parts(self) -> tuple[bytes, memoryview]:
-        """The fragments to send, in order."""
-        return self.header, self.payload
-
-    def __bytes__(self) -> bytes:
-        return b"".join((self.header, self.payload))
-
-    def __len__(self) -> int:
-        return len(self.header) + len(self.payload)
-
-
-def chunk_frame(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> BinaryFrame:
-    """One binary frame: the header length, the JSON header, the payload (not copied).
+def pack_chunk(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """One binary frame: the header length, the JSON header, the payload.
 
     Args:
         image_id: the id of the announced image.
         offset: where the payload starts in the image, in bytes.
-        payload: the bytes.
+        payload: the bytes; copied once, into the frame.
+
+    Returns:
+        The frame.
 
     Raises:
         ValueError: an offset below 0 or a header over `MAX_HEADER_BYTES`.
@@ -192,12 +166,7 @@ def chunk_frame(image_id: str, offset: int, payload: bytes | bytearray | memoryv
     ).encode("utf-8")
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"binary frame header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
-    return BinaryFrame(_LENGTH.pack(len(header)) + header, memoryview(payload).cast("B"))
-
-
-def pack_chunk(image_id: str, offset: int, payload: bytes | bytearray | memoryview) -> bytes:
-    """`chunk_frame` joined into one buffer (the payload copied once, into the frame)."""
-    return bytes(chunk_frame(image_id, offset, payload))
+    return b"".join((_LENGTH.pack(len(header)), header, payload))
 
 
 def unpack_chunk(
@@ -268,12 +237,13 @@ def _is_image_id(value: object) -> bool:
     return True
 
 
-def image_frames(
+def split_image(
     image_id: str, data: bytes | bytearray | memoryview, max_chunk_bytes: int
-) -> list[BinaryFrame]:
+) -> list[bytes]:
     """The binary frames of one image, in order, each with at most `max_chunk_bytes`.
 
-    Every payload is a view into `data`: nothing is copied.
+    The payloads are sliced from `data` through a memoryview, so each byte is copied
+    once, into its frame.
 
     Args:
         image_id: the id of the announced image.
@@ -293,16 +263,9 @@ def image_frames(
     if len(view) == 0:
         raise BadImage(f"image '{image_id}' is empty")
     return [
-        chunk_frame(image_id, offset, view[offset : offset + max_chunk_bytes])
+        pack_chunk(image_id, offset, view[offset : offset + max_chunk_bytes])
         for offset in range(0, len(view), max_chunk_bytes)
     ]
-
-
-def split_image(
-    image_id: str, data: bytes | bytearray | memoryview, max_chunk_bytes: int
-) -> list[bytes]:
-    """`image_frames` joined, one buffer per frame (each byte copied once, into its frame)."""
-    return [bytes(frame) for frame in image_frames(image_id, data, max_chunk_bytes)]
 
 
 _PREFAULT_FROM_BYTES = 1 << 20
@@ -314,7 +277,7 @@ def allocate_image_buffer(size: int) -> memoryview:
 
     On Linux a buffer of 1 MiB or more is an anonymous mapping whose pages are
     populated when it is made: a fresh 64 MiB bytearray takes one page fault per 4 KiB
-    at its first write, which cost twice the copy itself on the machines measured
+    at its first write, which cost ten times the copy itself on the machine measured
     (docs/benchmarks.md). Elsewhere, and for small images, a bytearray. Either way the
     buffer is freed when the last view of it goes.
     """

@@ -43,7 +43,7 @@ from .events import (
     ServerEvent,
     WelcomeReceived,
 )
-from .images import BinaryFrame, ImageAssembler, ImageRef, PixelFormat, image_frames, unpack_chunk
+from .images import ImageAssembler, ImageRef, PixelFormat, split_image, unpack_chunk
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import (
     MAX_TEXT_CHARS,
@@ -64,10 +64,9 @@ from .messages import (
 from .methods import LayerRole
 from .version import PROTOCOL_VERSION, is_newer_minor
 
-__all__ = ["ClientProtocol", "Frames", "ServerProtocol"]
+__all__ = ["ClientProtocol", "ServerProtocol"]
 
-Frames = list[str | BinaryFrame]
-"""What a `send_*` returns: text messages and binary frames (send each frame's `parts`)."""
+Frames = list[str | bytes]
 
 _MIB = 1 << 20
 _CLIENT_TYPES = (Hello, Submit, Cancel)
@@ -255,7 +254,7 @@ class ServerProtocol:
         ref = ImageRef.raw(f"{job}/preview/{step}", width, height, PixelFormat.RGBA8)
         _check_bytes(ref, pixels, self.limits)
         text = encode_message(Progress(job, step, total, ref))
-        return [text, *image_frames(ref.id, pixels, self.limits.max_chunk_bytes)]
+        return [text, *split_image(ref.id, pixels, self.limits.max_chunk_bytes)]
 
     def send_result(
         self,
@@ -290,7 +289,7 @@ class ServerProtocol:
             parts.append((LayerImage(role, ref), data))
         frames: Frames = [encode_message(Result(job, index, seed, tuple(p[0] for p in parts)))]
         for layer, data in parts:
-            frames.extend(image_frames(layer.image.id, data, self.limits.max_chunk_bytes))
+            frames.extend(split_image(layer.image.id, data, self.limits.max_chunk_bytes))
         return frames
 
     def send_done(self, job: str, status: JobStatus, error: ErrorInfo | None = None) -> Frames:
@@ -428,7 +427,7 @@ class ClientProtocol:
         frames: Frames = [text]
         for layer in submit.inputs:
             frames.extend(
-                image_frames(layer.image.id, images[layer.image.id], self.limits.max_chunk_bytes)
+                split_image(layer.image.id, images[layer.image.id], self.limits.max_chunk_bytes)
             )
         self._unaccepted.add(job)
         return frames

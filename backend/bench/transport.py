@@ -1,8 +1,7 @@
 """`layerdiffuse bench --stages transport`: a big layer's round trip over loopback.
 
 A client sends a 4096² RGBA layer to an echo server in another process, in the
-protocol's chunked binary frames sent as the server and the plugin send them (each as
-two fragments, header and pixels), and gets it back: raw `bgra8` (what the plugin
+protocol's chunked binary frames, and gets it back: raw `bgra8` (what the plugin
 sends by default) against PNG (encode, send, decode on each side, as image-over-HTTP
 plugins do). Reported as MB/s of layer pixels moved (both directions) and the ratio.
 """
@@ -20,7 +19,7 @@ from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from protocol import DEFAULT_LIMITS, ImageAssembler, ImageRef, PixelFormat, image_frames
+from protocol import DEFAULT_LIMITS, ImageAssembler, ImageRef, PixelFormat, split_image
 
 PNG_LEVEL = 1
 FRAME_SLACK = 4096
@@ -62,8 +61,8 @@ async def _echo(websocket: ServerConnection) -> None:
             data = encode_png(decode_png(bytes(data)))
             ref = ImageRef(ref.id, ref.width, ref.height, ref.format, len(data))
         await websocket.send(_announce(ref))
-        for frame in image_frames(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
-            await websocket.send(frame.parts)
+        for frame in split_image(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
+            await websocket.send(frame)
 
 
 def _announce(ref: ImageRef) -> str:
@@ -108,8 +107,8 @@ async def _round_trip(port: int, rgba: np.ndarray, format: PixelFormat, repeat: 
                 data = memoryview(bgra).cast("B")
             ref = ImageRef(f"layer{index}", width, height, format, len(data))
             await websocket.send(_announce(ref))
-            for frame in image_frames(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
-                await websocket.send(frame.parts)
+            for frame in split_image(ref.id, data, DEFAULT_LIMITS.max_chunk_bytes):
+                await websocket.send(frame)
             assembler = ImageAssembler(DEFAULT_LIMITS, max_pending_bytes=1 << 30)
             assembler.expect(_ref(await websocket.recv()))
             complete = None

@@ -18,7 +18,6 @@ from websockets.exceptions import ConnectionClosed
 from protocol import (
     CancelRequested,
     ErrorCode,
-    Frames,
     HelloReceived,
     JobStatus,
     JobSubmitted,
@@ -43,7 +42,7 @@ PROGRESS_BACKLOG = 8
 
 @dataclass(frozen=True)
 class _Outgoing:
-    frames: Frames
+    frames: list[str | bytes]
     progress: bool = False
 
 
@@ -179,7 +178,7 @@ class Connection:
 
     # Outbox: one sender keeps every frame in order ---------------------------------------
 
-    def _send(self, frames: Frames, progress: bool = False) -> None:
+    def _send(self, frames: list[str | bytes], progress: bool = False) -> None:
         self._outbox.put_nowait(_Outgoing(frames, progress))
 
     async def _send_loop(self) -> None:
@@ -188,7 +187,6 @@ class Connection:
                 self._progress_waiting -= 1
             try:
                 for frame in outgoing.frames:
-                    # a binary frame goes as two fragments, its pixels never copied
-                    await self.websocket.send(frame if isinstance(frame, str) else frame.parts)
+                    await self.websocket.send(frame)
             except ConnectionClosed:
                 return

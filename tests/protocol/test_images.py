@@ -16,7 +16,6 @@ from protocol.images import (
     ImageRef,
     PixelFormat,
     allocate_image_buffer,
-    image_frames,
     max_png_size,
     pack_chunk,
     split_image,
@@ -252,20 +251,6 @@ def test_a_64_mib_image_splits_into_16_frames_and_back() -> None:
     assert done is not None and done[0] == ref and done[1] == data
     assert isinstance(done[1], memoryview) and not done[1].readonly
     assert assembler.pending_ids == () and assembler.pending_bytes == 0
-
-
-def test_image_frames_are_views_of_the_image() -> None:
-    """Each frame's payload is the image's memory, and joined it is `pack_chunk`'s frame."""
-    data = bytearray(range(256)) * 40
-    frames = image_frames("a", data, 4096)
-    assert [len(f.payload) for f in frames] == [4096, 4096, 2048]
-    assert all(f.payload.obj is data for f in frames)
-    data[0] = 99  # a view: the change shows (the sender must not change it before sending)
-    assert frames[0].payload[0] == 99
-    assert [bytes(f) for f in frames] == split_image("a", data, 4096)
-    assert bytes(frames[1]) == pack_chunk("a", 4096, data[4096:8192])
-    assert frames[1].parts == (frames[1].header, frames[1].payload)
-    assert len(frames[2]) == len(pack_chunk("a", 8192, data[8192:]))
 
 
 @pytest.mark.parametrize("size", [1, 4096, MIB - 1, MIB, 64 * MIB + 3])

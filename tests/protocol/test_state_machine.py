@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from protocol import (
     Accepted,
-    BinaryFrame,
     CancelRequested,
     Capabilities,
     ClientProtocol,
@@ -65,14 +64,14 @@ FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 LIMITS = Limits(max_chunk_bytes=1000, max_image_side=64, max_image_pixels=2048, max_inputs=2)
 
 
-def pump(frames: list[str | BinaryFrame], receiver: Any) -> list[Any]:
+def pump(frames: list[str | bytes], receiver: Any) -> list[Any]:
     """Feed frames to one end, as its connection layer would; collect the events."""
     events: list[Any] = []
     for frame in frames:
         if isinstance(frame, str):
             events += receiver.receive_text(frame)
         else:
-            events += receiver.receive_binary(bytes(frame))  # as received: one buffer
+            events += receiver.receive_binary(frame)
     return events
 
 
@@ -136,12 +135,9 @@ def test_a_whole_job_with_previews_and_multi_chunk_images() -> None:
     client, server = connect()
     submit, images = fg2bg()
     frames = client.send_submit(submit, images)
-    assert [type(f) for f in frames] == [str, BinaryFrame, BinaryFrame, BinaryFrame]
-    assert [
-        server.receive_text(frames[0]),
-        *(server.receive_binary(bytes(f)) for f in frames[1:3]),
-    ] == [[]] * 3
-    [submitted] = server.receive_binary(bytes(frames[3]))
+    assert [type(f) for f in frames] == [str, bytes, bytes, bytes]
+    assert [server.receive_text(frames[0]), *map(server.receive_binary, frames[1:3])] == [[]] * 3
+    [submitted] = server.receive_binary(frames[3])
     assert submitted == JobSubmitted(
         submit, {FG: (submit.inputs[0].image, images["j1/foreground"])}
     )
@@ -153,10 +149,10 @@ def test_a_whole_job_with_previews_and_multi_chunk_images() -> None:
     ]
     preview = bytes(range(40)) * 40  # 20 × 20 × 4: two frames
     frames = server.send_progress("j1", 1, 2, (20, 20, preview))
-    assert [type(f) for f in frames] == [str, BinaryFrame, BinaryFrame]
-    assert [client.receive_text(frames[0]), client.receive_binary(bytes(frames[1]))] == [[], []]
+    assert [type(f) for f in frames] == [str, bytes, bytes]
+    assert [client.receive_text(frames[0]), client.receive_binary(frames[1])] == [[], []]
     ref = ImageRef.raw("j1/preview/1", 20, 20, PixelFormat.RGBA8)
-    assert client.receive_binary(bytes(frames[2])) == [
+    assert client.receive_binary(frames[2]) == [
         ProgressReceived(Progress("j1", 1, 2, ref), preview)
     ]
 
@@ -169,7 +165,7 @@ def test_a_whole_job_with_previews_and_multi_chunk_images() -> None:
             [(BG, 30, 20, background), (BLEND, 30, 20, blended)],
             PixelFormat.BGRA8,
         )
-        assert [type(f) for f in frames] == [str] + [BinaryFrame] * 6
+        assert [type(f) for f in frames] == [str] + [bytes] * 6
         events = [pump([frame], client) for frame in frames]
         assert events[:-1] == [[]] * 6
         [received] = events[-1]
@@ -240,7 +236,7 @@ def test_cancel_of_a_job_whose_images_are_arriving_drops_it() -> None:
     assert pump(client.send_cancel("j1"), server) == [CancelRequested("j1", submitted=False)]
     assert server.unfinished_jobs == frozenset()
     with pytest.raises(BadImage, match=r"^image 'j1/foreground' was not announced$") as caught:
-        server.receive_binary(bytes(frames[2]))
+        server.receive_binary(frames[2])
     assert caught.value.job is None
     assert pump(server.send_done("j1", JobStatus.CANCELLED), client) == [
         JobDone(Done("j1", JobStatus.CANCELLED))
@@ -258,7 +254,7 @@ def test_an_upload_that_stalls_can_be_abandoned() -> None:
     assert server.abandon("j1") is False
     assert server.receiving_jobs == server.unfinished_jobs == frozenset()
     with pytest.raises(BadImage, match=r"^image 'j1/foreground' was not announced$"):
-        server.receive_binary(bytes(frames[2]))
+        server.receive_binary(frames[2])
     assert pump(server.send_error(ErrorCode.BAD_IMAGE, "upload timed out", "j1"), client) == [
         ErrorReceived(Error(ErrorCode.BAD_IMAGE, "upload timed out", "j1"))
     ]
@@ -516,7 +512,7 @@ def test_a_bad_input_frame_drops_its_submit() -> None:
     )
     assert server.unfinished_jobs == frozenset()
     with pytest.raises(BadImage, match=r"^image 'j1/foreground' was not announced$"):
-        server.receive_binary(bytes(frames[2]))
+        server.receive_binary(frames[2])
     assert pump(frames, server) == [
         JobSubmitted(submit, {FG: (fg.image, fg_data), BLEND: (blend.image, bytes(16))})
     ]
@@ -552,7 +548,7 @@ def test_a_bad_result_frame_drops_the_result_and_later_events_follow() -> None:
     events = pump(server.send_progress("j2", 1, 5), client)
     assert events == [JobAccepted(Accepted("j2", 0)), ProgressReceived(Progress("j2", 1, 5), None)]
     with pytest.raises(BadImage, match=r"^image 'j1/0/foreground' was not announced$"):
-        client.receive_binary(bytes(frames[2]))
+        client.receive_binary(frames[2])
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from backend.server.serve import LayerDiffuseServer
 from protocol import (
     ClientEvent,
     ClientProtocol,
-    Frames,
     GenerationParameters,
     ImageRef,
     JobDone,
@@ -40,17 +39,15 @@ class ProtocolClient:
         self.websocket = websocket
         self.protocol = ClientProtocol(name)
         self.welcome = None
-        self.join_binary_frames = False
+        self.fragment_binary_frames = False
         self._events: list[ClientEvent] = []
 
-    async def send(self, frames: Frames) -> None:
+    async def send(self, frames: list[str | bytes]) -> None:
         for frame in frames:
-            if isinstance(frame, str):
-                await self.websocket.send(frame)
-            elif self.join_binary_frames:  # as a client that does not fragment would
-                await self.websocket.send(bytes(frame))
+            if self.fragment_binary_frames and isinstance(frame, bytes):
+                await self.websocket.send([frame[:7], frame[7:]])  # one message, two parts
             else:
-                await self.websocket.send(frame.parts)
+                await self.websocket.send(frame)
 
     async def hello(self, session: str | None = None) -> WelcomeReceived:
         await self.send(self.protocol.send_hello(session))

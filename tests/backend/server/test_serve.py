@@ -74,13 +74,13 @@ def test_a_full_job_per_method(method: Method, with_server) -> None:
 
 
 def test_binary_frames_sent_whole_or_in_fragments_are_the_same_job(with_server) -> None:
-    """A client may send each binary frame as one buffer or as header and pixel fragments."""
+    """A binary frame is one websocket message, which a client may send fragmented."""
 
     async def scenario(server: RunningServer) -> None:
         results = []
-        for join in (False, True):
+        for fragment in (False, True):
             async with server.client() as client:
-                client.join_binary_frames = join
+                client.fragment_binary_frames = fragment
                 await client.hello()
                 await client.submit("j", Method.SD15_FG_TO_BG, INPUTS[Method.SD15_FG_TO_BG])
                 events = await client.until_done("j")
