@@ -145,20 +145,24 @@ class ModelSet:
         file skips merging its LoRA into per-frame weights (84 ms a job on an H200,
         docs/benchmarks.md).
         """
-        handle = self._layer_handles.get(name)
+        handle = self._layer_handles.pop(name, None)
         if handle is None:
-            handle = attach_sd15_layer_model(self.base.unet, self.layer_state_dict(name))
-            self._layer_handles[name] = handle
-            while len(self._layer_handles) > self.kept_layer_models:
+            # At most `kept_layer_models` (and at least the one in use) on the device at
+            # once: the least recently used go before the new one is merged.
+            while len(self._layer_handles) >= max(self.kept_layer_models, 1):
                 self._layer_handles.popitem(last=False)[1].detach()
+            handle = attach_sd15_layer_model(self.base.unet, self.layer_state_dict(name))
         else:
             handle.set_active(True)
-        self._layer_handles.move_to_end(name)
         try:
             yield handle
         finally:
             handle.set_active(False)
             handle.clear_control()
+            if self.kept_layer_models > 0:
+                self._layer_handles[name] = handle  # the most recently used, last
+            else:
+                handle.detach()
 
     def transparent_decoder(self) -> TransparentVAEDecoder:
         """This family's transparent decoder, loaded once, on the device in `dtype`."""

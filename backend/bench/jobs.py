@@ -158,27 +158,29 @@ def bench_breakdown(report: BenchReport, models: ModelSet, side: int, steps: int
             "attach (merge LoRA), first job",
             lambda: attach_sd15_layer_model(models.base.unet, state),
         )
-        noise, generators = timed(
-            "seeded noise",
-            lambda: seeded_noise([1], (4, side // 8, side // 8), device, models.dtype),
-        )
-        latents = timed(
-            f"sampler, {steps} steps",
-            lambda: denoise(
-                unet=models.base.unet,
-                sampler=GenerationRequest(method=Method.SD15_TRANSPARENT).sampler,
-                scheduler_config=models.base.scheduler_config,
-                latents=None,
-                noise=noise,
-                generators=generators,
-                context=context,
-                uncond_context=uncond,
-                cfg_scale=7.0,
-                steps=steps,
-                use_layer_model=handle.set_active,
-            ),
-        )
-        timed("detach", handle.detach)
+        try:  # the UNet gets its processors back even if the sampler fails
+            noise, generators = timed(
+                "seeded noise",
+                lambda: seeded_noise([1], (4, side // 8, side // 8), device, models.dtype),
+            )
+            latents = timed(
+                f"sampler, {steps} steps",
+                lambda: denoise(
+                    unet=models.base.unet,
+                    sampler=GenerationRequest(method=Method.SD15_TRANSPARENT).sampler,
+                    scheduler_config=models.base.scheduler_config,
+                    latents=None,
+                    noise=noise,
+                    generators=generators,
+                    context=context,
+                    uncond_context=uncond,
+                    cfg_scale=7.0,
+                    steps=steps,
+                    use_layer_model=handle.set_active,
+                ),
+            )
+        finally:
+            timed("detach", handle.detach)
 
         def switch_on_and_off() -> None:
             with models.sd15_layer_model("layer_sd15_transparent_attn"):

@@ -192,6 +192,8 @@ def test_jobs_with_the_same_file_reuse_its_attached_layer_model(
     real_attach = model_set.attach_sd15_layer_model
 
     def counting_attach(unet: torch.nn.Module, state_dict: dict) -> object:
+        # the kept one is detached before another is merged: one on the device at a time
+        assert not fresh_models._layer_handles
         attached.append(len(state_dict))
         return real_attach(unet, state_dict)
 
@@ -228,3 +230,25 @@ def test_a_job_that_fails_midway_leaves_the_unet_as_found(fresh_models: ModelSet
     assert fresh_models.base.unet.attn_processors == own
     again = run_method(request_for(Method.SD15_BG_TO_FG), fresh_models).images[0]
     assert all(np.array_equal(again[role], reference[role]) for role in reference)
+
+
+def test_keeping_no_layer_model_attaches_one_per_job(
+    fresh_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_models.kept_layer_models = 0
+    own = dict(fresh_models.base.unet.attn_processors)
+    attached: list[object] = []
+    real_attach = model_set.attach_sd15_layer_model
+
+    def counting_attach(unet: torch.nn.Module, state_dict: dict) -> object:
+        attached.append(handle := real_attach(unet, state_dict))
+        return handle
+
+    monkeypatch.setattr(model_set, "attach_sd15_layer_model", counting_attach)
+    first = run_method(request_for(Method.SD15_FG_TO_BG), fresh_models).images[0]
+    second = run_method(request_for(Method.SD15_FG_TO_BG), fresh_models).images[0]
+    assert len(attached) == 2 and not fresh_models._layer_handles
+    assert all(np.array_equal(first[role], second[role]) for role in first)
+    assert fresh_models.base.unet.attn_processors == own
+    with pytest.raises(RuntimeError, match="detached"):  # each was dropped after its job
+        attached[0].set_active(True)  # type: ignore[attr-defined]
