@@ -7,45 +7,53 @@
 # runs the same tests with `krita` and `kritarunner` taken from there. The backend and
 # pytest stay outside; Krita reaches the backend on 127.0.0.1 as usual.
 #
-# Needs root (or sudo) for debootstrap, chroot and bind mounts, unshare (util-linux)
-# and deb.debian.org.
+# Runs as root (debootstrap, chroot and bind mounts; CI is root), with the project's
+# virtual environment active, and needs unshare (util-linux) and deb.debian.org.
 # Usage: scripts/krita52_tests.sh [pytest arguments]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-repo="$PWD"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
 base="$repo/build/krita52"
 root="$base/root"
 mirror="${KRITA52_MIRROR:-http://deb.debian.org/debian}"
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-
-if [ ! -x "$root/usr/bin/kritarunner" ] || [ ! -d "$root/usr/lib/python3/dist-packages/PyQt5" ]; then
-    if ! command -v debootstrap >/dev/null; then
-        $sudo apt-get update -qq
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
-    fi
-    $sudo mkdir -p "$root"
-    $sudo debootstrap --variant=minbase trixie "$root" "$mirror" >"$base.debootstrap.log" 2>&1 \
-        || { tail -20 "$base.debootstrap.log"; exit 1; }
-    $sudo chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends krita python3-pyqt5 >"$base.install.log" 2>&1 \
-        || { tail -20 "$base.install.log"; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then
+    echo "krita52_tests: needs root; try: sudo env PATH=\"\$PATH\" $0" >&2
+    exit 2
 fi
 
-# The mounts below live in a private mount namespace: they vanish with this script
-# however it ends, so no later `rm -rf build` can reach /tmp or the checkout through them.
+# Everything below runs in a private mount namespace: debootstrap's mounts and ours
+# vanish with this script however it ends, so no later `rm -rf build` can reach /dev,
+# /tmp or the checkout through them.
 if [ -z "${KRITA52_NAMESPACE:-}" ]; then
-    exec $sudo env PATH="$PATH" KRITA52_NAMESPACE=1 unshare --mount --propagation private "$0" "$@"
+    exec env KRITA52_NAMESPACE=1 unshare --mount --propagation private \
+        "$repo/scripts/krita52_tests.sh" "$@"
 fi
-sudo=""  # root from here on
+
+# The chroot is built beside its final place and moved there only when complete, so an
+# interrupted build is started again from scratch.
+if [ ! -e "$base/complete" ]; then
+    rm -rf "$root" "$base/partial"
+    mkdir -p "$base"
+    debootstrap --variant=minbase trixie "$base/partial" "$mirror" \
+        >"$base/debootstrap.log" 2>&1 || { tail -20 "$base/debootstrap.log"; exit 1; }
+    mount --bind /proc "$base/partial/proc"  # for the packages' install scripts
+    chroot "$base/partial" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends krita python3-pyqt5 >"$base/install.log" 2>&1 \
+        || { tail -20 "$base/install.log"; exit 1; }
+    umount "$base/partial/proc"
+    mv "$base/partial" "$root"
+    touch "$base/complete"
+fi
 
 # /proc, /dev and /sys for Krita itself; /tmp for pytest's folders, the X socket and
 # xvfb-run's auth file; the checkout at the same path, read-only, for the test scripts.
-for path in /proc /dev /sys /tmp "$repo"; do
+for path in /proc /dev /sys /tmp; do
     mkdir -p "$root$path"
-    mount --bind "$path" "$root$path"
+    mount --rbind "$path" "$root$path"  # with what is mounted below: /dev/pts, /dev/shm
 done
+mkdir -p "$root$repo"
+mount --bind "$repo" "$root$repo"
 mount -o remount,bind,ro "$root$repo"
 
 # krita and kritarunner from the chroot, started in the same folder with the same
