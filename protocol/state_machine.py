@@ -5,8 +5,8 @@ Neither class touches a socket. The connection layer feeds every received frame 
 the `send_*` methods return, each list in order. A bad frame raises a `ProtocolError`
 subclass; the state is then as before the frame, except that a bad image frame drops
 the message its image belongs to. The server's connection layer answers with
-`send_error(exc.code, str(exc), exc.job)` and carries on (after `UnsupportedVersion`
-it closes).
+`send_error(exc.code, str(exc), exc.job)` and carries on (after `UnsupportedVersion`,
+which only the handshake raises, it closes).
 
 A job's life on one connection: the client's `submit` (and its input images), then
 `accepted`, `progress`…, `result`…, and one `done`. An `error` naming a job that was not
@@ -29,6 +29,7 @@ from .errors import (
     NotReady,
     ProtocolError,
     UnknownType,
+    UnsupportedVersion,
 )
 from .events import (
     CancelRequested,
@@ -162,7 +163,15 @@ class ServerProtocol:
                 message, `duplicate_job`, `limit_exceeded`, `bad_image` for an input id
                 already pending).
         """
-        message = decode_message(text, allow_unknown_fields=self._allow_unknown, limits=self.limits)
+        try:
+            message = decode_message(
+                text, allow_unknown_fields=self._allow_unknown, limits=self.limits
+            )
+        except UnsupportedVersion:
+            if self.peer_version is None:
+                raise  # the handshake failed: the connection ends
+            # After the handshake it is only a second hello: refused, the connection stays.
+            raise BadMessage("hello already received") from None
         job = getattr(message, "job", None)
         if not isinstance(message, _CLIENT_TYPES):
             raise UnknownType(f"'{message.type}' is not a client message", job=job)
@@ -453,7 +462,14 @@ class ClientProtocol:
         """
         if not self._hello_sent:
             raise NotReady("hello not sent yet")
-        message = decode_message(text, allow_unknown_fields=self._allow_unknown, limits=self.limits)
+        try:
+            message = decode_message(
+                text, allow_unknown_fields=self._allow_unknown, limits=self.limits
+            )
+        except UnsupportedVersion:
+            if self.welcome is None:
+                raise
+            raise BadMessage("welcome already received") from None
         job = getattr(message, "job", None)
         if not isinstance(message, _SERVER_TYPES):
             raise UnknownType(f"'{message.type}' is not a server message", job=job)

@@ -317,6 +317,11 @@ def test_hello_comes_first() -> None:
     ]
     with pytest.raises(BadMessage, match=r"^hello already received$"):
         server.receive_text(encode_message(Hello((1, 0), "k")))
+    # Another major version ends a handshake, but after one it is only a second hello.
+    with pytest.raises(BadMessage, match=r"^hello already received$"):
+        server.receive_text('{"type":"hello","":"","protocol":[0,0]}')
+    with pytest.raises(UnsupportedVersion):
+        ServerProtocol(LIMITS).receive_text('{"type":"hello","":"","protocol":[0,0]}')
 
 
 def test_the_client_waits_for_welcome() -> None:
@@ -339,6 +344,10 @@ def test_the_client_waits_for_welcome() -> None:
     assert client.receive_text(encode_message(make_welcome())) == [WelcomeReceived(make_welcome())]
     with pytest.raises(BadMessage, match=r"^welcome already received$"):
         client.receive_text(encode_message(make_welcome()))
+    other_major = json.loads(encode_message(make_welcome()))
+    other_major["protocol"] = [2, 0]
+    with pytest.raises(BadMessage, match=r"^welcome already received$"):
+        client.receive_text(json.dumps(other_major))
 
 
 def test_each_end_refuses_the_other_ends_messages() -> None:

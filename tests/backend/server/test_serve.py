@@ -190,6 +190,9 @@ def test_bad_input_gets_an_error_and_the_connection_carries_on(with_server) -> N
                 ('{"type":"cancel"}', ErrorCode.MISSING_FIELD),
                 ('{"type":"cancel","job":"j","extra":1}', ErrorCode.INVALID_FIELD),
                 ('{"type":"cancel","job":"never-submitted"}', ErrorCode.UNKNOWN_JOB),
+                ('{"type":"hello","client":"x","protocol":[1,0]}', ErrorCode.BAD_MESSAGE),
+                # another major version only ends a handshake; this is a second hello
+                ('{"type":"hello","client":"x","protocol":[0,1]}', ErrorCode.BAD_MESSAGE),
                 (b"\x00\x00\x00\x02{}", ErrorCode.BAD_IMAGE),
                 (b"\xff", ErrorCode.BAD_IMAGE),
             ]
