@@ -100,7 +100,7 @@ frames = st.lists(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(sequence=frames)
 def test_arbitrary_frames_get_errors_and_the_server_keeps_serving(
