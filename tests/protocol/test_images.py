@@ -9,6 +9,7 @@ import tracemalloc
 
 import pytest
 
+from protocol import images
 from protocol.errors import BadImage, InvalidField, LimitExceeded
 from protocol.images import (
     MAX_HEADER_BYTES,
@@ -251,6 +252,20 @@ def test_a_64_mib_image_splits_into_16_frames_and_back() -> None:
     assert done is not None and done[0] == ref and done[1] == data
     assert isinstance(done[1], memoryview) and not done[1].readonly
     assert assembler.pending_ids == () and assembler.pending_bytes == 0
+
+
+def test_image_buffers_fall_back_to_bytearrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MAP_POPULATE (Windows, macOS), or when mmap refuses, a plain bytearray."""
+    monkeypatch.setattr(images, "_PREFAULT_FLAGS", None)
+    assert isinstance(allocate_image_buffer(4 * MIB).obj, bytearray)
+    monkeypatch.undo()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("not here")
+
+    monkeypatch.setattr(images.mmap, "mmap", refuse)
+    buffer = allocate_image_buffer(4 * MIB)
+    assert isinstance(buffer.obj, bytearray) and len(buffer) == 4 * MIB
 
 
 @pytest.mark.parametrize("size", [1, 4096, MIB - 1, MIB, 64 * MIB + 3])
