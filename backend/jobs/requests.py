@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from protocol import METHOD_SPECS, JobSubmitted, Method
 from protocol import InvalidRequest as WireInvalidRequest
 
@@ -26,26 +28,10 @@ def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> J
     submit = event.submit
     parameters = submit.request
     inputs = {role: decode_image(ref, data) for role, (ref, data) in event.images.items()}
-    request = GenerationRequest(
-        method=parameters.method,
-        prompt=parameters.prompt,
-        negative_prompt=parameters.negative_prompt,
-        layer_prompts=dict(parameters.layer_prompts),
-        inputs=inputs,
-        width=parameters.width,
-        height=parameters.height,
-        fit_to_native=parameters.fit_to_native,
-        resize_mode=parameters.resize_mode,
-        seed=parameters.seed,
-        steps=parameters.steps,
-        cfg_scale=parameters.cfg_scale,
-        sampler=parameters.sampler,
-        batch_size=parameters.batch_size,
-        batch_count=parameters.batch_count,
-        weight=parameters.weight,
-        ending_step=parameters.ending_step,
-        denoise_strength=parameters.denoise_strength,
-    )
+    # The wire parameters are the request's fields but the pixels (`inputs`).
+    wire = {field.name: getattr(parameters, field.name) for field in fields(parameters)}
+    wire["layer_prompts"] = dict(parameters.layer_prompts)
+    request = GenerationRequest(**wire, inputs=inputs)
     try:
         check_request(request, models)
     except InvalidRequest as error:

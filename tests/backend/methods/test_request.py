@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from backend.errors import InvalidRequest
 from backend.methods.request import GenerationRequest
-from protocol import LayerRole, Method
+from protocol import GenerationParameters, LayerRole, Method
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 
@@ -185,3 +186,15 @@ def test_image_count_is_batch_size_times_batch_count() -> None:
         GenerationRequest(method=Method.SD15_TRANSPARENT, batch_size=3, batch_count=5).image_count
         == 15
     )
+
+
+def test_the_request_has_the_wire_parameters_and_the_pixels() -> None:
+    """The server builds a request from the wire's fields; names and defaults agree."""
+    wire = {f.name: f for f in fields(GenerationParameters)}
+    ours = {f.name: f for f in fields(GenerationRequest)}
+    assert set(ours) == set(wire) | {"inputs"}
+    for name, field in wire.items():
+        assert (ours[name].default, ours[name].default_factory) == (
+            field.default,
+            field.default_factory,
+        ), name
