@@ -14,8 +14,7 @@ from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
 from .sd15_frames import generation_size_for, run_frames
-from .sizing import fit_rgba
-from .stages import encode_transparent_source
+from .stages import img2img_source
 
 LAYER_FILE = "layer_sd15_transparent_attn"
 
@@ -25,11 +24,7 @@ def run(
 ) -> GenerationResult:
     """Generate `request.image_count` transparent images: {FOREGROUND: RGBA} each."""
     # 1. The img2img source, if any, as scaled latents carrying its alpha offset.
-    source = None
-    if LayerRole.FOREGROUND in request.inputs:
-        width, height = generation_size_for(request)
-        fitted = fit_rgba(request.inputs[LayerRole.FOREGROUND], width, height, request.resize_mode)
-        source = encode_transparent_source(models, fitted)
+    source = img2img_source(models, request, generation_size_for(request))
     # 2. One frame, the foreground, decoded with alpha.
     return run_frames(
         request,

@@ -62,30 +62,29 @@ run_fg_blend_to_bg = _single_step("layer_xl_fgble2bg", _BG, False, (_FG, _BLEND)
 run_bg_blend_to_fg = _single_step("layer_xl_bgble2fg", _FG, True, (_BG, _BLEND))
 
 
-def run_fg_to_bg(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """One click: a background for this foreground (and the blend)."""
-    return _two_steps(
-        request,
-        models,
-        on_step,
-        first=("layer_xl_fg2ble", _FG),
-        second=("layer_xl_fgble2bg", _BG, False),
-    )
+def _workflow(
+    first: tuple[str, LayerRole], second: tuple[str, LayerRole, bool], doc: str
+) -> MethodRunner:
+    def run(
+        request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+    ) -> GenerationResult:
+        return _two_steps(request, models, on_step, first=first, second=second)
+
+    run.__doc__ = doc
+    return run
 
 
-def run_bg_to_fg(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
-) -> GenerationResult:
-    """One click: a transparent foreground for this background (and the blend)."""
-    return _two_steps(
-        request,
-        models,
-        on_step,
-        first=("layer_xl_bg2ble", _BG),
-        second=("layer_xl_bgble2fg", _FG, True),
-    )
+# The one-click workflows: (first file, the given layer), (second file, its layer, alpha).
+run_fg_to_bg = _workflow(
+    ("layer_xl_fg2ble", _FG),
+    ("layer_xl_fgble2bg", _BG, False),
+    "One click: a background for this foreground (and the blend).",
+)
+run_bg_to_fg = _workflow(
+    ("layer_xl_bg2ble", _BG),
+    ("layer_xl_bgble2fg", _FG, True),
+    "One click: a transparent foreground for this background (and the blend).",
+)
 
 
 def _two_steps(

@@ -14,8 +14,7 @@ from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
 from .sdxl_recipe import generation_size_for, run_layer_file
-from .sizing import fit_rgba
-from .stages import encode_transparent_source
+from .stages import img2img_source
 
 
 def run_attention(
@@ -35,11 +34,7 @@ def run_conv(
 def _run(
     request: GenerationRequest, models: ModelSet, on_step: StepCallback, layer_file: str
 ) -> GenerationResult:
-    source = None
-    if LayerRole.FOREGROUND in request.inputs:
-        width, height = generation_size_for(request)
-        fitted = fit_rgba(request.inputs[LayerRole.FOREGROUND], width, height, request.resize_mode)
-        source = encode_transparent_source(models, fitted)
+    source = img2img_source(models, request, generation_size_for(request))
     return run_layer_file(
         request,
         models,

@@ -14,6 +14,7 @@ from protocol import LayerRole, ResizeMode
 from ..layerdiffuse import decoder_output_to_rgba, encoder_input
 from ..model_set import ModelSet
 from .prompts import encode_prompts, encode_prompts_sdxl
+from .request import GenerationRequest
 from .sizing import composite_on_gray, fit_rgba, to_uint8
 
 # The original composites img2img sources on (127, 127, 127) before the VAE.
@@ -165,3 +166,15 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
     offset = encoder(encoder_input(rgba).to(device=weight.device, dtype=weight.dtype))
     latents = posterior.mean + posterior.std * (offset * offset_scale).to(posterior.mean.dtype)
     return (latents * vae.config.scaling_factor).to(models.dtype)
+
+
+def img2img_source(
+    models: ModelSet, request: GenerationRequest, size: tuple[int, int]
+) -> torch.Tensor | None:
+    """A transparent method's img2img source: its foreground input fitted to `size`
+    (width, height) with the request's resize mode and encoded as above; None for txt2img.
+    """
+    rgba = request.inputs.get(LayerRole.FOREGROUND)
+    if rgba is None:
+        return None
+    return encode_transparent_source(models, fit_rgba(rgba, *size, request.resize_mode))
