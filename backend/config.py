@@ -34,7 +34,13 @@ class ServerConfig:
         retention_seconds: how long results wait for a client that went away.
         upload_timeout_seconds: how long an announced input image may take to arrive.
         ping_interval_seconds: websocket keep-alive; a peer missing the pong is closed.
-        max_connections: simultaneous websocket connections.
+        max_connections: simultaneous connections that said hello, in all.
+        max_connections_per_address: of those, from one client address (an IPv6 /64).
+        max_pending_connections: connections that have not said hello yet, in all; a
+            new one past this closes the oldest.
+        hello_timeout_seconds: from the TCP connection to its `hello`.
+        idle_timeout_seconds: a connection with no job that sends nothing this long is
+            closed (keep-alive pings do not count as sending).
         preview_side: longest side of progress previews, in pixels.
     """
 
@@ -54,6 +60,10 @@ class ServerConfig:
     upload_timeout_seconds: float = 60.0
     ping_interval_seconds: float = 20.0
     max_connections: int = 16
+    max_connections_per_address: int = 8
+    max_pending_connections: int = 64
+    hello_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 300.0
     preview_side: int = 128
 
     def with_environment(self) -> ServerConfig:
