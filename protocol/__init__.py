@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .close_codes import CloseCode
 from .codec import MESSAGE_TYPES, decode_message, encode_message
 from .errors import (
     BadImage,
@@ -99,6 +100,7 @@ __all__ = [
     "Capabilities",
     "ClientEvent",
     "ClientProtocol",
+    "CloseCode",
     "Done",
     "DuplicateJob",
     "Error",

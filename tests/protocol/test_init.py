@@ -6,7 +6,17 @@ import importlib
 
 import protocol
 
-MODULES = ["codec", "errors", "events", "images", "limits", "messages", "state_machine", "version"]
+MODULES = [
+    "close_codes",
+    "codec",
+    "errors",
+    "events",
+    "images",
+    "limits",
+    "messages",
+    "state_machine",
+    "version",
+]
 METHODS = {
     "METHOD_SPECS",
     "LayerRole",
