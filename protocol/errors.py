@@ -19,6 +19,7 @@ The tree::
      ├── DuplicateJob              duplicate_job: the job id is in use
      ├── BadImage                  bad_image: a binary frame or image that does not fit
      ├── InvalidRequest            invalid_request: parameters that do not fit the method
+     │    └── InvalidParameter     one parameter outside `protocol.PARAMETERS`; `field` names it
      ├── ModelUnavailable          model_unavailable: the model cannot run the method
      └── InternalError             internal_error: anything unexpected
 
@@ -38,6 +39,7 @@ __all__ = [
     "ErrorCode",
     "InternalError",
     "InvalidField",
+    "InvalidParameter",
     "InvalidRequest",
     "LimitExceeded",
     "MissingField",
@@ -165,6 +167,27 @@ class InvalidRequest(ProtocolError):
     """Generation parameters that do not fit the method or the model."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidParameter(InvalidRequest):
+    """One generation parameter outside what `protocol.PARAMETERS` allows.
+
+    Args:
+        field: the wire name of the field at fault (`steps`, `layer_prompts`, `inputs`).
+        reason: what is wrong with it (`0 outside 1..150`).
+        shown_as: how the message names the field (a command-line flag); `field` if None.
+        job: the job id, or None.
+
+    Attributes:
+        field / reason: as given; the message is `"<shown_as>: <reason>"`.
+    """
+
+    def __init__(
+        self, field: str, reason: str, *, shown_as: str | None = None, job: str | None = None
+    ) -> None:
+        super().__init__(f"{shown_as or field}: {reason}", job=job)
+        self.field = field
+        self.reason = reason
 
 
 class ModelUnavailable(ProtocolError):

@@ -8,19 +8,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protocol import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
+from protocol import (
+    MAX_INPUT_SIDE,
+    InvalidParameter,
+    LayerRole,
+    Method,
+    ResizeMode,
+    Sampler,
+    check_input_roles,
+    check_parameters,
+)
 
 from ..errors import InvalidRequest
 
 if TYPE_CHECKING:
     from ..model_set import ModelSet
     from .denoise import StepCallback
-
-MAX_STEPS = 150
-MAX_SIDE = 4096
-MAX_PROMPT_CHARACTERS = 4000
-MAX_IMAGES = 64
-
 
 @dataclass
 class GenerationRequest:
@@ -68,41 +71,17 @@ class GenerationRequest:
         return self.batch_size * self.batch_count
 
     def check(self) -> None:
-        """Validate every field before any tensor exists.
+        """Validate every field before any tensor exists (ranges: `protocol.PARAMETERS`).
 
         Raises:
             InvalidRequest: naming the field and the allowed range.
         """
-        spec = METHOD_SPECS[self.method]
-        _check_range("steps", self.steps, 1, MAX_STEPS)
-        _check_range("cfg_scale", self.cfg_scale, 1.0, 30.0)
-        _check_range("width", self.width, 8, MAX_SIDE)
-        _check_range("height", self.height, 8, MAX_SIDE)
-        _check_range("batch_size", self.batch_size, 1, MAX_IMAGES)
-        _check_range("batch_count", self.batch_count, 1, MAX_IMAGES)
-        _check_range("weight", self.weight, 0.0, 2.0)
-        _check_range("ending_step", self.ending_step, 0.0, 1.0)
-        _check_range("denoise_strength", self.denoise_strength, 0.0, 1.0)
-        _check_range("seed", self.seed, 0, 2**32 - 1)
-        if self.image_count > MAX_IMAGES:
-            raise InvalidRequest(
-                "batch_size", f"{self.image_count} images in all exceed the limit of {MAX_IMAGES}"
-            )
-        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
-            if len(text) > MAX_PROMPT_CHARACTERS:
-                raise InvalidRequest(name, f"{len(text)} characters exceed {MAX_PROMPT_CHARACTERS}")
-        for role in self.layer_prompts:
-            if role not in spec.layer_prompts:
-                raise InvalidRequest(
-                    "layer_prompts", f"{self.method.value} takes no {role.value} prompt"
-                )
-        for role in spec.required_inputs:
-            if role not in self.inputs:
-                raise InvalidRequest("inputs", f"{self.method.value} needs a {role.value} layer")
-        allowed = set(spec.required_inputs) | set(spec.optional_inputs)
+        try:
+            check_parameters(self)
+            check_input_roles(self.method, self.inputs)
+        except InvalidParameter as error:
+            raise InvalidRequest(error.field, error.reason) from None
         for role, image in self.inputs.items():
-            if role not in allowed:
-                raise InvalidRequest("inputs", f"{self.method.value} takes no {role.value} layer")
             _check_image(f"inputs.{role.value}", image)
 
 
@@ -125,18 +104,11 @@ MethodRunner = Callable[[GenerationRequest, "ModelSet", "StepCallback"], Generat
 """One method: request, models and a progress callback in, the results out."""
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(name, f"expected a number, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise InvalidRequest(name, f"{value} outside {low}..{high}")
-
-
 def _check_image(name: str, image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise InvalidRequest(name, "expected a uint8 image")
     if image.ndim != 3 or image.shape[2] != 4:
         raise InvalidRequest(name, f"expected (height, width, 4) RGBA, got shape {image.shape}")
     height, width = image.shape[:2]
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
-        raise InvalidRequest(name, f"size {width}x{height} outside 1..{MAX_SIDE}")
+    if not (1 <= width <= MAX_INPUT_SIDE and 1 <= height <= MAX_INPUT_SIDE):
+        raise InvalidRequest(name, f"size {width}x{height} outside 1..{MAX_INPUT_SIDE}")

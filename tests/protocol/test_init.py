@@ -14,6 +14,7 @@ MODULES = [
     "images",
     "limits",
     "messages",
+    "parameters",
     "state_machine",
     "version",
 ]
