@@ -17,9 +17,9 @@ def _inside_krita() -> bool:
     if importlib.util.find_spec("krita") is None:
         return False
     try:
-        from PyQt5.QtCore import QCoreApplication
-    except ImportError:  # Krita 6 embeds PyQt6
-        logging.getLogger(__name__).error("LayerDiffuse needs Krita 5 (PyQt5); not loaded")
+        from .qt import QCoreApplication
+    except ImportError as error:  # a Krita without its PyQt (a broken install)
+        logging.getLogger(__name__).error("LayerDiffuse needs Krita's PyQt: %s; not loaded", error)
         return False
     return QCoreApplication.applicationName() != "kritarunner"
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from PyQt5.QtCore import QTimer
+from .qt import QTimer
 
 __all__ = ["EventLoop"]
 

@@ -14,8 +14,6 @@ import logging.handlers
 from pathlib import Path
 from typing import Any
 
-from PyQt5.QtCore import QStandardPaths
-
 from .canvas.app import (
     Extension,
     KritaSettingsStore,
@@ -27,6 +25,7 @@ from .canvas.app import (
 from .canvas.document import KritaCanvas
 from .client import BackendClient
 from .eventloop import EventLoop
+from .qt import QStandardPaths
 from .recipes import KRITA_ACTIONS, Action
 from .settings import SETTINGS_GROUP, load_settings
 from .state import DockerState
@@ -119,7 +118,8 @@ def register() -> None:
 
 def _start_log() -> None:
     """A rotating log in Krita's user folder: <data>/krita/layerdiffuse/layerdiffuse.log."""
-    folder = Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)) / "layerdiffuse"
+    data = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    folder = Path(data) / "layerdiffuse"
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
         folder / "layerdiffuse.log", maxBytes=1 << 20, backupCount=2, encoding="utf-8"

@@ -82,20 +82,23 @@ ALLOWED: dict[str, set[str]] = {
         "transformers",
         "numpy",
     },
-    # The plugin runs in Krita's Python: the standard library and PyQt5, never numpy, Pillow
-    # or the backend. Only canvas/ imports krita; protocol and websockets come through
-    # vendor.py, which finds the copies bundled inside the installed plugin.
+    # The plugin runs in Krita's Python: the standard library and Krita's PyQt, never numpy,
+    # Pillow or the backend. Only canvas/ imports krita; only qt.py imports PyQt (PyQt5 in
+    # Krita 5, PyQt6 in Krita 6: everything else takes its Qt names from there); protocol
+    # and websockets come through vendor.py, which finds the copies bundled inside the
+    # installed plugin.
     "krita_plugin.canvas": {
         "krita_plugin.canvas",
         "krita_plugin.errors",
         "krita_plugin.geometry",
         "krita_plugin.pixels",
         "krita_plugin.placement",
+        "krita_plugin.qt",
         "krita",
-        "PyQt5",
     },
+    "krita_plugin.qt": {"PyQt5", "PyQt6"},
     "krita_plugin.vendor": {"protocol", "websockets"},
-    "krita_plugin": {"krita_plugin", "PyQt5"},
+    "krita_plugin": {"krita_plugin"},
 }
 TOP_LEVEL = {"backend.cli", "backend.__main__", "backend"}  # may import anything of ours
 
@@ -163,3 +166,58 @@ def test_the_checker_catches_a_reversed_edge() -> None:
     assert not allowed("protocol.methods", "backend.errors")
     assert not allowed("protocol.methods", "numpy")
     assert allowed("backend.store.demo", "backend.layerdiffuse")
+    assert not allowed("krita_plugin.ui.docker", "PyQt5.QtWidgets")
+    assert not allowed("krita_plugin.canvas.app", "PyQt6.QtCore")
+    assert allowed("krita_plugin.qt", "PyQt6.QtWidgets")
+
+
+# PyQt6 knows enum members only in their scoped form (`Qt.AlignmentFlag.AlignCenter`);
+# PyQt5 takes both. An unscoped member (`Qt.AlignCenter`, `QImage.Format_RGBA8888`) works
+# in Krita 5 and raises AttributeError in Krita 6, so the plugin writes none.
+PLUGIN_SOURCES = sorted((ROOT / "krita_plugin").rglob("*.py")) + sorted(
+    (ROOT / "tests" / "krita_plugin" / "in_krita").rglob("*.py")
+)
+
+
+def unscoped_enum_members(tree: ast.AST, qt_names: set[str]) -> list[str]:
+    """`QtClass.Member` attributes (a capitalised name straight on a Qt class) that are not
+    the start of a longer chain (`QtClass.Enum.Member`)."""
+    chained = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    return sorted(
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in qt_names
+        and node.attr[:1].isupper()
+        and id(node) not in chained
+    )
+
+
+def qt_names_imported(tree: ast.AST) -> set[str]:
+    """The names a module imports from the plugin's qt module (or from PyQt directly)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        module = node.module if isinstance(node, ast.ImportFrom) else None
+        if module is not None and (module.split(".")[-1] == "qt" or module.startswith("PyQt")):
+            names.update(alias.asname or alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", PLUGIN_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_qt_enums_are_written_scoped(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assert unscoped_enum_members(tree, qt_names_imported(tree)) == []
+
+
+def test_the_enum_check_catches_an_unscoped_member() -> None:
+    source = (
+        "from ..qt import QImage, Qt\n"
+        "a = Qt.AlignCenter\n"
+        "b = Qt.AlignmentFlag.AlignCenter\n"
+        "c = QImage.Format_RGBA8888\n"
+        "d = QImage(1, 1, QImage.Format.Format_RGBA8888).copy()\n"
+    )
+    tree = ast.parse(source)
+    found = unscoped_enum_members(tree, qt_names_imported(tree))
+    assert found == ["QImage.Format_RGBA8888", "Qt.AlignCenter"]

@@ -49,7 +49,8 @@ def register_extension(extension_class: type[Extension], *args: object) -> Exten
 
 def register_docker(docker_id: str, docker_class: type[DockWidget]) -> None:
     """Register a docker class (Krita creates one per window, docked on the right)."""
-    factory = DockWidgetFactory(docker_id, DockWidgetFactoryBase.DockRight, docker_class)
+    right = DockWidgetFactoryBase.DockPosition.DockRight
+    factory = DockWidgetFactory(docker_id, right, docker_class)
     Krita.instance().addDockWidgetFactory(factory)
 
 

@@ -1,1 +1,2 @@
-"""The docker's widgets (PyQt5); they bind to `state.DockerState` and never touch the network."""
+"""The docker's widgets (Qt through `krita_plugin.qt`); they bind to `state.DockerState`
+and never touch the network."""

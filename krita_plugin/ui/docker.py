@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PyQt5.QtCore import Qt
-from PyQt5.QtWidgets import (
+from ..canvas.app import DockWidget
+from ..client import ConnectionState
+from ..qt import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -26,12 +27,10 @@ from PyQt5.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    Qt,
     QVBoxLayout,
     QWidget,
 )
-
-from ..canvas.app import DockWidget
-from ..client import ConnectionState
 from ..recipes import Action
 from ..settings import FAMILY_AUTO, describe, value_range
 from ..state import DockerState
@@ -75,7 +74,7 @@ def docker_class(get_state: Callable[[], DockerState | None]) -> type[DockWidget
                 panel = DockerPanel(state)
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
-            scroll.setFrameShape(QFrame.NoFrame)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
             scroll.setWidget(panel)
             self.setWidget(scroll)
 
@@ -101,11 +100,11 @@ class DockerPanel(QWidget):
 
     def _build(self) -> None:
         form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
 
         self.server_url = self._line("server_url", form)
         self.token = self._line("token", form)
-        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.connection_status = QLabel(self)
         self.connection_status.setObjectName("connection_status")
         self.connection_status.setWordWrap(True)
@@ -163,7 +162,7 @@ class DockerPanel(QWidget):
         self.message = QLabel(self)
         self.message.setObjectName("message")
         self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)

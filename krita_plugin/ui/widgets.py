@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtGui import QColor, QImage, QPainter, QPixmap
-from PyQt5.QtWidgets import (
+from ..qt import (
     QCheckBox,
+    QColor,
     QHBoxLayout,
+    QImage,
     QLabel,
+    QPainter,
+    QPixmap,
     QProgressBar,
     QSpinBox,
+    Qt,
     QVBoxLayout,
     QWidget,
+    pyqtSignal,
 )
 
 __all__ = ["ProgressView", "SeedBox", "preview_pixmap"]
@@ -58,8 +62,10 @@ class SeedBox(QWidget):
 
 def preview_pixmap(width: int, height: int, rgba: bytes, side: int) -> QPixmap:
     """An RGBA8 preview over a checkerboard, scaled to fit `side` × `side`."""
-    image = QImage(rgba, width, height, width * 4, QImage.Format_RGBA8888).copy()
-    scaled = image.scaled(side, side, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+    image = QImage(rgba, width, height, width * 4, QImage.Format.Format_RGBA8888).copy()
+    scaled = image.scaled(
+        side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+    )
     board = QPixmap(scaled.size())
     board.fill(QColor(204, 204, 204))
     painter = QPainter(board)
@@ -85,7 +91,7 @@ class ProgressView(QWidget):
         self.bar.setTextVisible(False)
         self.preview = QLabel(self)
         self.preview.setObjectName("preview")
-        self.preview.setAlignment(Qt.AlignCenter)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.preview.setMinimumHeight(self.PREVIEW_SIDE // 2)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

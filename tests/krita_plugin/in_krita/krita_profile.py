@@ -6,6 +6,7 @@ a missing Krita fails these tests with that hint instead of skipping them.
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import os
 import shutil
@@ -45,8 +46,17 @@ def plugin_importer() -> ModuleType:
     spec = importlib.util.spec_from_file_location("krita_plugin_importer", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.i18n = str  # Krita's translation function, used in its error messages
+    # Krita's translation function, used in its error messages: Krita 5.3+ imports it from
+    # builtins (where Krita puts it), older ones look it up as a module global.
+    missing = not hasattr(builtins, "i18n")
+    if missing:
+        builtins.i18n = str  # type: ignore[attr-defined]
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if missing:
+            del builtins.i18n  # type: ignore[attr-defined]
+    module.i18n = str
     return module
 
 

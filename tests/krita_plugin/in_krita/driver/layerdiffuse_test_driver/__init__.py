@@ -19,8 +19,9 @@ import time
 import traceback
 
 from krita import Extension, Krita, Selection
-from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import (
+
+# Qt as the plugin imports it: PyQt6 in Krita 6, PyQt5 in Krita 5.
+from layerdiffuse.qt import (
     QComboBox,
     QDockWidget,
     QLabel,
@@ -28,6 +29,7 @@ from PyQt5.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTimer,
 )
 
 RESULTS = os.environ.get("LAYERDIFFUSE_TEST_RESULTS", "")
