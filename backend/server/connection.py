@@ -3,7 +3,8 @@
 Frames are received in one loop and answered through one ordered outbox, so a job's
 progress, results and `done` arrive in order. Every bad input becomes an `error` (or,
 for a job whose id is known, a failed `done`) and the connection carries on; only a
-protocol major-version mismatch closes it.
+protocol major-version mismatch closes it, and the admission policy (`admission.py`):
+no slot at hello, no hello in time, idle too long.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from protocol import (
     CancelRequested,
+    CloseCode,
     ErrorCode,
     HelloReceived,
     JobStatus,
@@ -32,6 +34,7 @@ from ..errors import to_wire_error
 from ..jobs.job import Job, JobResult, JobState
 from ..jobs.queue import JobQueue, Session
 from ..jobs.requests import job_from_submit
+from .admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Connection:
         queue: the shared job queue.
         welcome: the server's welcome; its session id is replaced per client.
         upload_timeout: seconds a submit's input images may take to arrive.
+        admission: gives it a slot at hello, closes it when idle.
     """
 
     def __init__(
@@ -62,15 +66,20 @@ class Connection:
         queue: JobQueue,
         welcome: Welcome,
         upload_timeout: float,
+        admission: Admission,
     ) -> None:
         self.websocket = websocket
         self.queue = queue
         self.welcome = welcome
         self.upload_timeout = upload_timeout
+        self.admission = admission
         self.protocol = ServerProtocol(welcome.limits)
         self.session: Session | None = None
         self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self._progress_waiting = 0
+        self._sending = False
+        self._last_active = admission.clock()
+        self._refusal: str | None = None
         host, port = (websocket.remote_address or ("?", "?"))[:2]
         self.name = f"{host}:{port}"
 
@@ -79,6 +88,7 @@ class Connection:
         sender = asyncio.create_task(self._send_loop())
         try:
             async for message in self.websocket:
+                self._last_active = self.admission.clock()
                 if not await self._receive(message):
                     break
         except ConnectionClosed:
@@ -88,7 +98,32 @@ class Connection:
                 self.queue.close_session(self.session, self)
             self._outbox.put_nowait(None)
             await asyncio.gather(sender, return_exceptions=True)
+            if self._refusal is not None:
+                await self.websocket.close(CloseCode.TOO_MANY_CONNECTIONS, self._refusal)
             log.info("%s disconnected", self.name)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without work and without a frame from the client, at `now`.
+
+        Work is a job of its session not finished or not yet delivered, an input image
+        arriving, or frames waiting to be sent; while there is work it is 0, and the idle
+        time counts from when the work ended or the client's last frame, whichever is later.
+        """
+        session = self.session
+        busy = (
+            bool(self.protocol.unfinished_jobs)
+            or self._sending
+            or not self._outbox.empty()
+            or (
+                session is not None
+                and session.connection is self
+                and bool(session.jobs or session.waiting)
+            )
+        )
+        if busy:
+            self._last_active = now
+            return 0.0
+        return max(0.0, now - self._last_active)
 
     async def _receive(self, message: str | bytes) -> bool:
         """Handle one frame; False when the connection must close."""
@@ -104,6 +139,8 @@ class Connection:
                 events = self.protocol.receive_binary(message)
             for event in events:
                 await self._handle(event)
+                if self._refusal is not None:
+                    return False
         except UnsupportedVersion as error:
             self._send(self.protocol.send_error(error.code, str(error)))
             return False
@@ -119,6 +156,9 @@ class Connection:
 
     async def _handle(self, event: ServerEvent) -> None:
         if isinstance(event, HelloReceived):
+            self._refusal = self.admission.establish(self)
+            if self._refusal is not None:
+                return
             self.session = self.queue.open_session(event.hello.session, self)
             self._send(self.protocol.send_welcome(self._welcome(self.session.id)))
             self.queue.deliver_waiting(self.session)
@@ -185,8 +225,12 @@ class Connection:
         while (outgoing := await self._outbox.get()) is not None:
             if outgoing.progress:
                 self._progress_waiting -= 1
+            self._sending = True
             try:
                 for frame in outgoing.frames:
                     await self.websocket.send(frame)
             except ConnectionClosed:
                 return
+            finally:
+                self._sending = False
+                self._last_active = self.admission.clock()

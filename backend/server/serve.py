@@ -2,8 +2,9 @@
 
 Admission happens in the HTTP handshake, before any websocket frame: a token (when
 configured) must match in constant time (401 otherwise), a browser `Origin` is refused
-unless allowed (403), and the number of connections is bounded (503). Compression is
-off: permessage-deflate costs ~0.5 s per 16 MiB layer (performance.md §6).
+unless allowed (403), and a client that could get no slot is refused (503). The caps on
+connections and the hello and idle deadlines are `admission.py`'s. Compression is off:
+permessage-deflate costs ~0.5 s per 16 MiB layer (performance.md §6).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from protocol import (
 from ..config import ServerConfig
 from ..jobs.queue import JobQueue
 from ..jobs.requests import runnable_methods
+from .admission import Admission
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -60,8 +62,9 @@ class LayerDiffuseServer:
         self.models = models
         self.queue: JobQueue | None = None
         self._server: WebsocketServer | None = None
-        self._connections: set[Connection] = set()
+        self.admission = Admission(config)
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -105,18 +108,22 @@ class LayerDiffuseServer:
             compression=None,
             origins=[None, *config.allowed_origins],
             process_request=self._admit,
+            create_connection=self.admission.connection_class(),
+            open_timeout=config.hello_timeout_seconds,
             max_size=FRAME_SIZE_TOLERANCE * max(limits.max_text_bytes, limits.max_chunk_bytes),
             max_queue=64,
             ping_interval=config.ping_interval_seconds,
             ping_timeout=config.ping_interval_seconds,
         )
         self._housekeeping = asyncio.create_task(self._expire_sessions())
+        self._watch = asyncio.create_task(self.admission.watch())
         log.info("listening on ws://%s:%d", config.host, self.port)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, drop queued jobs, interrupt the running one, close connections."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._watch):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
         if self.queue is not None:
@@ -140,21 +147,23 @@ class LayerDiffuseServer:
             if not hmac.compare_digest(sent.encode(), expected.encode()):
                 log.warning("refused a connection without the right token")
                 return _respond(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong token")
-        if len(self._connections) >= self.config.max_connections:
-            return _respond(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
+        refusal = self.admission.upgrade_refusal(connection)
+        if refusal is not None:
+            log.warning("refused a connection: %s", refusal)
+            return _respond(connection, HTTPStatus.SERVICE_UNAVAILABLE, refusal)
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
         assert self.queue is not None
         connection = Connection(
-            websocket, self.queue, self.welcome(), self.config.upload_timeout_seconds
+            websocket,
+            self.queue,
+            self.welcome(),
+            self.config.upload_timeout_seconds,
+            self.admission,
         )
-        self._connections.add(connection)
         log.info("%s connected", connection.name)
-        try:
-            await connection.serve()
-        finally:
-            self._connections.discard(connection)
+        await connection.serve()
 
 
 def _respond(connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
