@@ -1,24 +1,56 @@
-"""The `layerdiffuse` command: generate, models, bench.
+"""The `layerdiffuse` command: generate, serve, models, bench.
 
-Exit codes: 0 done, 1 failed, 2 usage error, 3 could not start (a model is missing
-or unusable). Expected failures print one readable line, no traceback. torch is
-imported only inside the commands that need it, so `--help` is instant.
+Exit codes: 0 done; 1 failed; 2 usage: a bad flag or value, or a start that is refused
+(an output folder that cannot take the results, an unsafe bind, a bad origin, a busy
+port); 3 could not start (a model is missing or unusable). Expected failures print one
+readable line, no traceback.
+
+Everything that can be checked without the models is checked first, before torch or
+diffusers is imported (they take seconds): each flag as it is parsed (`backend.flags`,
+ranges from `protocol.PARAMETERS`), then what ties flags together, the input files and
+the output folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from protocol import METHOD_SPECS, LayerRole, Method, ModelFamily, ResizeMode, Sampler
+from protocol import (
+    MAX_INPUT_SIDE,
+    METHOD_SPECS,
+    PARAMETERS,
+    GenerationParameters,
+    InvalidParameter,
+    LayerRole,
+    Method,
+    ModelFamily,
+    ResizeMode,
+    Sampler,
+    check_input_roles,
+    check_parameters,
+)
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENVIRONMENT, ServerConfig
-from .errors import BackendError, InvalidRequest, ModelError
+from .errors import BackendError, InvalidRequest, ModelError, ModelNotFound, OutputError
+from .flags import (
+    Parser,
+    UsageError,
+    choice_flag,
+    number_flag,
+    parameter_flag,
+    path_flag,
+    typed_flag,
+)
+from .outputs import FILE_OVERHEAD_BYTES, OutputFile, check_output_folder, write_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,23 +65,75 @@ DEFAULT_BASES = {
     ModelFamily.SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
 }
 DEFAULT_NEGATIVE = "bad, ugly"
+DEFAULT_OUTPUT = Path("outputs")
+BENCH_STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport")
+"""`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
+
+METHOD_SUMMARIES: dict[Method, str] = {
+    Method.SD15_TRANSPARENT: "a transparent image (attention injection); --init reworks one",
+    Method.SD15_JOINT: "a foreground, a background and their blend, diffused together",
+    Method.SD15_FG_TO_BG: "a background for --foreground, and the blend",
+    Method.SD15_BG_TO_FG: "a foreground for --background, and the blend",
+    Method.SDXL_TRANSPARENT_ATTN: "a transparent image (attention LoRA); --init reworks one",
+    Method.SDXL_TRANSPARENT_CONV: "a transparent image (conv injection); --init reworks one",
+    Method.SDXL_FG_TO_BLEND: "--foreground blended into a scene",
+    Method.SDXL_FG_BLEND_TO_BG: "the background of --blend without --foreground",
+    Method.SDXL_BG_TO_BLEND: "a foreground blended into --background",
+    Method.SDXL_BG_BLEND_TO_FG: "the foreground of --blend over --background",
+    Method.SDXL_FG_TO_BG: "a background for --foreground, and the blend (two passes)",
+    Method.SDXL_BG_TO_FG: "a foreground for --background, and the blend (two passes)",
+}
+"""One line per method for `generate --help`: what it makes."""
+
+# How a message names a request field: the flag of `generate` that sets it.
+_FLAGS = {
+    "method": "--method",
+    "prompt": "--prompt",
+    "negative_prompt": "--negative-prompt",
+    "width": "--width",
+    "height": "--height",
+    "fit_to_native": "--fit-to-native",
+    "resize_mode": "--resize-mode",
+    "seed": "--seed",
+    "steps": "--steps",
+    "cfg_scale": "--cfg",
+    "sampler": "--sampler",
+    "batch_size": "--batch-size",
+    "batch_count": "--batch-count",
+    "weight": "--weight",
+    "ending_step": "--stop-at",
+    "denoise_strength": "--denoise",
+}
+_ROLE_FLAGS = {
+    LayerRole.FOREGROUND: ("foreground", "fg_prompt"),
+    LayerRole.BACKGROUND: ("background", "bg_prompt"),
+    LayerRole.BLENDED: ("blend", "blend_prompt"),
+}
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+_TRANSPARENT_ROLES = (LayerRole.FOREGROUND,)
+"""Roles whose results are transparent, and so get a checkerboard preview."""
 
 log = logging.getLogger("backend.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
         return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    except UsageError as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.command(args))
+    except UsageError as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
     except ModelError as error:
         _say(f"error: {error}")
         return EXIT_NO_START
@@ -64,138 +148,184 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+# -- the parser ----------------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="layerdiffuse",
         description="Transparent-layer diffusion (LayerDiffuse) on a local GPU, for Krita.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_generate(commands)
+    _add_serve(commands)
+    _add_models(commands)
+    _add_bench(commands)
+    return parser
 
+
+def _add_generate(commands: Any) -> None:
     generate = commands.add_parser(
         "generate",
         help="generate images to PNG files",
-        description="Generate transparent layers and write them as RGBA PNGs with a "
-        "checkerboard preview, the parameters stored in each PNG (A1111 style).",
+        description="Generate layers and write them as RGBA PNGs (straight alpha), the\n"
+        "parameters stored in each (A1111 style); transparent layers also get a preview\n"
+        "over a checkerboard. Every flag is checked before any model is loaded.",
+        epilog=_methods_epilog(),
     )
-    _add_model_options(generate)
-    method_names = [method.value for method in Method]
-    generate.add_argument("--method", choices=method_names, default=Method.SD15_TRANSPARENT.value)
-    generate.add_argument("--prompt", "-p", default="", help="what to generate")
-    generate.add_argument("--negative-prompt", "-n", default=DEFAULT_NEGATIVE)
-    generate.add_argument("--seed", type=int, default=12345, help="first seed; image i uses seed+i")
-    generate.add_argument("--steps", type=int, default=20)
-    generate.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
-    generate.add_argument(
-        "--sampler", choices=[s.value for s in Sampler], default=Sampler.DPMPP_2M_KARRAS.value
+    choice_flag(
+        generate,
+        "--method",
+        dest="method",
+        choices=[method.value for method in Method],
+        default=Method.SD15_TRANSPARENT.value,
+        help="what to make, one of the methods listed below",
+        list_choices=False,
     )
-    generate.add_argument("--width", "-W", type=int, default=512)
-    generate.add_argument("--height", "-H", type=int, default=512)
+    parameter_flag(generate, "--prompt", "-p", field="prompt", help="what to generate")
+    parameter_flag(
+        generate,
+        "--negative-prompt",
+        "-n",
+        field="negative_prompt",
+        help="what to avoid",
+        default=DEFAULT_NEGATIVE,
+    )
+    parameter_flag(generate, "--seed", field="seed")
+    parameter_flag(generate, "--steps", field="steps")
+    parameter_flag(generate, "--cfg", field="cfg_scale")
+    parameter_flag(generate, "--sampler", field="sampler")
+    parameter_flag(generate, "--width", "-W", field="width")
+    parameter_flag(generate, "--height", "-H", field="height")
     generate.add_argument(
         "--fit-to-native",
         action="store_true",
-        help="generate near the model's native area and resize to --width/--height",
+        dest="fit_to_native",
+        help=PARAMETERS["fit_to_native"].meaning + " to --width x --height",
     )
-    generate.add_argument(
-        "--resize-mode",
-        choices=[m.value for m in ResizeMode],
-        default=ResizeMode.CROP_AND_RESIZE.value,
+    parameter_flag(generate, "--resize-mode", field="resize_mode")
+    parameter_flag(generate, "--batch-size", field="batch_size")
+    parameter_flag(generate, "--batch-count", field="batch_count")
+    parameter_flag(generate, "--weight", field="weight")
+    parameter_flag(generate, "--stop-at", field="ending_step")
+    parameter_flag(
+        generate, "--denoise", field="denoise_strength", help="with --init: how much is reworked"
     )
-    generate.add_argument("--batch-size", type=int, default=1, help="images diffused together")
-    generate.add_argument("--batch-count", type=int, default=1, help="batches one after another")
-    generate.add_argument("--weight", type=float, default=1.0, help="layer model weight (SDXL)")
-    generate.add_argument(
-        "--stop-at", type=float, default=1.0, help="fraction of the steps that use the layer model"
+    path_flag(
+        generate,
+        "--init",
+        dest="init",
+        metavar="PNG",
+        help="a transparent PNG to rework (transparent img2img), for "
+        + _methods_with(LayerRole.FOREGROUND, optional=True),
     )
-    generate.add_argument(
-        "--init", type=Path, help="a transparent PNG to rework (transparent img2img)"
+    for role, (dest, _) in _ROLE_FLAGS.items():
+        path_flag(
+            generate,
+            f"--{dest}",
+            dest=dest,
+            metavar="PNG",
+            help=f"the {role.value} layer (composited on 50%% gray), for "
+            + _methods_with(role, optional=False),
+        )
+    for role, (_, dest) in _ROLE_FLAGS.items():
+        readers = [m.value for m, spec in METHOD_SPECS.items() if role in spec.layer_prompts]
+        generate.add_argument(
+            f"--{dest.replace('_', '-')}",
+            dest=dest,
+            default="",
+            metavar="TEXT",
+            help=f'an extra prompt for the {role.value} layer only ("TEXT, PROMPT"), for '
+            + ", ".join(readers),
+        )
+    path_flag(
+        generate,
+        "--output",
+        "-o",
+        dest="output",
+        default=DEFAULT_OUTPUT,
+        metavar="FOLDER",
+        help="the folder for the results, made if missing; existing files are never "
+        f"replaced (default: {DEFAULT_OUTPUT})",
     )
-    generate.add_argument(
-        "--foreground", type=Path, help="foreground layer PNG (sd15_fg2bg's condition)"
-    )
-    generate.add_argument(
-        "--background", type=Path, help="background layer PNG (sd15_bg2fg's condition)"
-    )
-    generate.add_argument(
-        "--blend", type=Path, help="blended image PNG (sdxl_fgble2bg / sdxl_bgble2fg condition)"
-    )
-    generate.add_argument("--fg-prompt", default="", help="foreground layer prompt (SD1.5 layers)")
-    generate.add_argument("--bg-prompt", default="", help="background layer prompt (SD1.5 layers)")
-    generate.add_argument("--blend-prompt", default="", help="blended image prompt (SD1.5 layers)")
-    generate.add_argument("--denoise", type=float, default=0.7, help="img2img denoising strength")
-    generate.add_argument("--output", "-o", type=Path, default=Path("outputs"))
+    _add_model_options(generate, serve=False)
     generate.set_defaults(command=_generate)
 
+
+def _methods_epilog() -> str:
+    lines = ["methods (--method), what each makes, and its layers:"]
+    for method, summary in METHOD_SUMMARIES.items():
+        spec = METHOD_SPECS[method]
+        outputs = ", ".join(role.value for role in spec.outputs)
+        lines.append(f"  {method.value:<22} {summary}")
+        lines.append(f"  {'':<22} ({spec.family.value}) -> {outputs}")
+    lines += [
+        "",
+        "The sdxl methods need an SDXL --base (or --demo). Files: <method>-<seed>-<layer>.png",
+        "per result and layer, and <method>-<seed>-<layer>-preview.png for a transparent one;",
+        "when any of a job's names is taken, all of them get one shared -2, -3, ...",
+    ]
+    return "\n".join(lines)
+
+
+def _methods_with(role: LayerRole, *, optional: bool) -> str:
+    names = [
+        method.value
+        for method, spec in METHOD_SPECS.items()
+        if role in (spec.optional_inputs if optional else spec.required_inputs)
+    ]
+    return ", ".join(names)
+
+
+def _add_serve(commands: Any) -> None:
     server = commands.add_parser(
         "serve",
         help="run the websocket backend the Krita plugin talks to",
-        description="Serve generation jobs over a websocket (docs/protocol.md). Binds "
-        "127.0.0.1 by default; any other address needs a token.",
-    )
-    _add_model_options(server)
-    server.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+        description="Serve generation jobs over a websocket (docs/protocol.md). Binds\n"
+        "127.0.0.1 by default; any other address needs a token. One base model per\n"
+        "server: it offers the methods of that model's family (SD1.5 or SDXL). Every\n"
+        "refusal (a flag, an unsafe bind, an origin, a busy port) comes before any model loads.",
     )
     server.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind; anything but loopback needs --token (default: {DEFAULT_HOST})",
+    )
+    number_flag(
+        server,
+        "--port",
+        dest="port",
+        low=0,
+        high=65535,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one",
     )
     server.add_argument(
-        "--token", help=f"secret clients must send (default: ${TOKEN_ENVIRONMENT} if set)"
+        "--token",
+        help="the secret clients must send (Authorization: Bearer ...) "
+        f"(default: ${TOKEN_ENVIRONMENT} if set, else none)",
     )
     server.add_argument(
         "--allow-origin",
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="a browser origin allowed to connect (browsers are refused otherwise)",
+        help="a browser origin allowed to connect, as scheme://host[:port]; may be repeated "
+        "(default: none, browsers are refused)",
     )
+    _add_model_options(server, serve=True)
     server.set_defaults(command=_serve)
 
-    models = commands.add_parser("models", help="list, download or verify the LayerDiffuse files")
-    # The options belong to each action, so they go after it: `models list --offline`.
-    store_options = argparse.ArgumentParser(add_help=False)
-    store_options.add_argument("--models-dir", type=Path, help="a folder with released files")
-    store_options.add_argument(
-        "--offline", action="store_true", default=None, help="never use the network"
-    )
-    actions = models.add_subparsers(title="actions", required=True, metavar="ACTION")
-    listing = actions.add_parser(
-        "list", parents=[store_options], help="every released file and where it is"
-    )
-    listing.set_defaults(command=_models_list)
-    download = actions.add_parser(
-        "download", parents=[store_options], help="download files (checked by sha256)"
-    )
-    download.add_argument("names", nargs="*", help="file names; none means all")
-    download.add_argument("--family", choices=["sd15", "sdxl"], help="only this family's files")
-    download.set_defaults(command=_models_download)
-    verify = actions.add_parser(
-        "verify", parents=[store_options], help="re-hash files and compare with the catalogue"
-    )
-    verify.add_argument("names", nargs="*", help="file names; none means all present")
-    verify.set_defaults(command=_models_verify)
 
-    bench = commands.add_parser(
-        "bench",
-        help="time each stage, ours beside the reference's way",
-        description="Per-stage timings with random weights at real size (or small on a CPU).",
+def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
+    family = "SD1.5" if serve else "the family of --method"
+    base = (
+        DEFAULT_BASES[ModelFamily.SD15]
+        if serve
+        else f"{DEFAULT_BASES[ModelFamily.SD15]} for SD1.5 methods, "
+        f"{DEFAULT_BASES[ModelFamily.SDXL]} for SDXL ones"
     )
-    bench.add_argument("--device", default=None, help="cuda, cpu, … (default: CUDA if present)")
-    bench.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
-    bench.add_argument("--size", type=int, default=None, help="image side (default 1024 on CUDA)")
-    bench.add_argument("--repeat", type=int, default=5, help="timed runs per variant")
-    bench.add_argument(
-        "--stages",
-        default=None,
-        help="comma-separated: decoder, sd15, sdxl, methods, sdxl_methods, transport "
-        "(default: all on CUDA; decoder and transport on a CPU)",
-    )
-    bench.add_argument("--json", type=Path, help="also write the report as JSON")
-    bench.set_defaults(command=_bench)
-    return parser
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--demo",
@@ -203,37 +333,203 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         const="auto",
         choices=["auto", "sd15", "sdxl"],
         help="tiny random models shaped like SD1.5 or SDXL, no download (pictures are "
-        "noise); the family defaults to the method's",
+        f"noise); sd15 or sdxl (default without a value: {family})",
     )
     source.add_argument(
         "--base",
-        help="base model: a diffusers folder, a hub repo id or a .safetensors checkpoint "
-        "(default: the SD1.5 or SDXL base model on the hub, by the method's family)",
+        metavar="MODEL",
+        help="base model: a .safetensors checkpoint, a diffusers folder or a hub repo id "
+        f"(default: {base})",
     )
-    parser.add_argument("--models-dir", type=Path, help="a folder with released LayerDiffuse files")
+    _add_store_options(parser)
     parser.add_argument(
-        "--offline", action="store_true", default=None, help="never use the network"
+        "--device",
+        default="auto",
+        type=_device,
+        help="cpu, cuda, cuda:N, mps (default: auto, CUDA if present, else mps, else cpu)",
     )
-    parser.add_argument("--device", default="auto", help="cuda, cpu, mps (default: auto)")
+    choice_flag(
+        parser,
+        "--dtype",
+        dest="dtype",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        default="auto",
+        help="compute precision, auto being float16 on a GPU and float32 on a CPU",
+    )
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto"
+        "--models-dir",
+        type=_folder,
+        metavar="FOLDER",
+        help="a folder holding released LayerDiffuse files, used before the Hugging Face "
+        "cache (default: none)",
     )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never use the network (default: follow HF_HUB_OFFLINE)",
+    )
+
+
+def _add_models(commands: Any) -> None:
+    models = commands.add_parser(
+        "models",
+        help="list, download or verify the LayerDiffuse files",
+        description="The 14 released LayerDiffuse files (LayerDiffusion/layerdiffusion-v1): "
+        "downloads go to the Hugging Face cache, checked by sha256.",
+    )
+    actions = models.add_subparsers(title="actions", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list", help="every released file, and the folder it is in or would go to"
+    )
+    _add_store_options(listing)
+    listing.set_defaults(command=_models_list)
+    download = actions.add_parser("download", help="download files (checked by sha256)")
+    download.add_argument("names", nargs="*", metavar="NAME", help="file names (default: all)")
+    choice_flag(
+        download,
+        "--family",
+        dest="family",
+        choices=["sd15", "sdxl"],
+        default=None,
+        help="only this family's files",
+    )
+    _add_store_options(download)
+    download.set_defaults(command=_models_download)
+    verify = actions.add_parser("verify", help="re-hash files and compare with the catalogue")
+    verify.add_argument(
+        "names", nargs="*", metavar="NAME", help="file names (default: all present)"
+    )
+    _add_store_options(verify)
+    verify.set_defaults(command=_models_verify)
+
+
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="time each stage, ours beside the reference's way",
+        description="Per-stage timings with random weights at real size (or small on a CPU).",
+    )
+    bench.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda, cuda:N, mps (default: cuda if present, else cpu)",
+    )
+    choice_flag(
+        bench,
+        "--dtype",
+        dest="dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="precision, float16 on CUDA and float32 on a CPU if not given",
+    )
+    number_flag(
+        bench,
+        "--size",
+        dest="size",
+        low=64,
+        high=4096,
+        multiple_of=64,
+        default=None,
+        help="image side in pixels (default: 1024 on CUDA, 128 on a CPU)",
+    )
+    number_flag(
+        bench, "--repeat", dest="repeat", low=1, high=1000, default=5, help="timed runs per variant"
+    )
+    bench.add_argument(
+        "--stages",
+        type=_stages,
+        default=None,
+        help=f"comma-separated, of {', '.join(BENCH_STAGES)} "
+        "(default: all on CUDA; decoder and transport on a CPU)",
+    )
+    bench.add_argument(
+        "--json", type=_new_file, metavar="FILE", help="also write the report as JSON"
+    )
+    bench.set_defaults(command=_bench)
+
+
+# Value types for add_argument(type=...): argparse turns their ArgumentTypeError into
+# "argument --flag: <message>" (both spellings of the flag: they take no option string).
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda, cuda:N, mps")
+    return text
+
+
+def _folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {what}")
+    return path
+
+
+def _new_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: its folder {path.parent} does not exist")
+    return path
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    stages = tuple(stage.strip() for stage in text.split(",") if stage.strip())
+    unknown = [stage for stage in stages if stage not in BENCH_STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {unknown[0] if unknown else text!r}; known: {', '.join(BENCH_STAGES)}"
+        )
+    return stages
+
+
+# -- generate ------------------------------------------------------------------------
 
 
 def _generate(args: argparse.Namespace) -> int:
+    # 1. What the flags say together, and the files they name: no model needed.
+    parameters = _parameters_from(args)
+    label = _labeller(args)
+    sources = _input_paths(args)
+    family = METHOD_SPECS[parameters.method].family
+    try:
+        check_parameters(parameters, label)
+        check_input_roles(parameters.method, sources, label)
+    except InvalidParameter as error:
+        raise UsageError(str(error)) from None
+    if args.demo in ("sd15", "sdxl") and ModelFamily(args.demo) != family:
+        raise UsageError(
+            f"--demo {args.demo}: {parameters.method.value} runs on {family.value} models; "
+            f"give --demo {family.value}, or a method of the {args.demo} family"
+        )
+    inputs = {role: _read_rgba(flag, path) for role, (flag, path) in sources.items()}
+    try:
+        check_output_folder(args.output, _output_bytes(parameters))
+    except OutputError as error:
+        raise UsageError(f"{typed_flag(args, 'output', '--output')}: {error}") from None
+
+    # 2. The models, then the work.
     from .methods.registry import check_request, run_method
+    from .methods.request import GenerationRequest
     from .store.model_sets import open_model_set
 
-    request = _request_from(args)
-    check_request(request)  # before any model is looked for, let alone downloaded
-
+    request = GenerationRequest(
+        **{name: getattr(parameters, name) for name in PARAMETERS}, inputs=inputs
+    )
+    check_request(request)
     _quiet_libraries()
     started = time.perf_counter()
-    family = METHOD_SPECS[request.method].family
     models = open_model_set(
         base=None if args.demo else (args.base or DEFAULT_BASES[family]),
         demo=args.demo is not None,
-        demo_family=family if args.demo in (None, "auto") else ModelFamily(args.demo),
+        demo_family=family,
         models_dir=args.models_dir,
         offline=args.offline,
         device=args.device,
@@ -245,20 +541,172 @@ def _generate(args: argparse.Namespace) -> int:
     progress = _ProgressBar()
     result = run_method(request, models, progress)
     progress.finish()
-    written = _write_results(args.output, request, result, models.base.name)
+    written = write_files(args.output, _result_files(request, result, models.base.name))
     for path in written:
         print(path)
     _say(f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 
 
+def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
+    texts = {role: getattr(args, dest) for role, (_, dest) in _ROLE_FLAGS.items()}
+    return GenerationParameters(
+        method=Method(args.method),
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        layer_prompts={role: text for role, text in texts.items() if text},
+        width=args.width,
+        height=args.height,
+        fit_to_native=args.fit_to_native,
+        resize_mode=ResizeMode(args.resize_mode),
+        seed=args.seed,
+        steps=args.steps,
+        cfg_scale=float(args.cfg_scale),
+        sampler=Sampler(args.sampler),
+        batch_size=args.batch_size,
+        batch_count=args.batch_count,
+        weight=float(args.weight),
+        ending_step=float(args.ending_step),
+        denoise_strength=float(args.denoise_strength),
+    )
+
+
+def _labeller(args: argparse.Namespace) -> Any:
+    """Names a request field (or `inputs.<role>`, `layer_prompts.<role>`) by its flag."""
+    flags = dict(_FLAGS)
+    for role, (image, prompt) in _ROLE_FLAGS.items():
+        flags[f"inputs.{role.value}"] = f"--{image}"
+        flags[f"layer_prompts.{role.value}"] = f"--{prompt.replace('_', '-')}"
+    if args.init is not None:
+        flags["inputs.foreground"] = "--init"
+
+    def label(path: str) -> str:
+        flag = flags.get(path, path)
+        return typed_flag(args, path, flag)
+
+    return label
+
+
+def _input_paths(args: argparse.Namespace) -> dict[LayerRole, tuple[str, Path]]:
+    if args.init is not None and args.foreground is not None:
+        raise UsageError("--init: give --init or --foreground, not both (both are the foreground)")
+    paths = {}
+    if args.init is not None:
+        paths[LayerRole.FOREGROUND] = ("--init", args.init)
+    for role, (dest, _) in _ROLE_FLAGS.items():
+        path = getattr(args, dest)
+        if path is not None:
+            paths[role] = (f"--{dest}", path)
+    return paths
+
+
+def _read_rgba(flag: str, path: Path) -> np.ndarray:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if not (1 <= width <= MAX_INPUT_SIDE and 1 <= height <= MAX_INPUT_SIDE):
+                raise UsageError(
+                    f"{flag}: {path} is {width}x{height}, sides must be 1..{MAX_INPUT_SIDE}"
+                )
+            return np.asarray(image.convert("RGBA")).copy()
+    except (OSError, UnidentifiedImageError) as error:
+        raise UsageError(f"{flag}: cannot read {path}: {error}") from None
+
+
+def _output_bytes(parameters: GenerationParameters) -> int:
+    """At most what a job's files take: raw pixels (noise does not compress) and overhead."""
+    pixels = parameters.width * parameters.height
+    per_result = 0
+    for role in METHOD_SPECS[parameters.method].outputs:
+        per_result += 4 * pixels + FILE_OVERHEAD_BYTES
+        if role in _TRANSPARENT_ROLES:
+            per_result += 3 * pixels + FILE_OVERHEAD_BYTES
+    return per_result * parameters.batch_size * parameters.batch_count
+
+
+def _result_files(
+    request: GenerationRequest, result: GenerationResult, model_name: str
+) -> list[OutputFile]:
+    """Every file of the job: per result, each layer and each transparent layer's preview."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from .methods.infotext import format_parameters
+
+    spec = METHOD_SPECS[request.method]
+    files = []
+    for layers, seed in zip(result.images, result.seeds, strict=True):
+        info = PngInfo()
+        info.add_text(
+            "parameters", format_parameters(request, seed, model_name, result.generation_size)
+        )
+        for role in spec.outputs:
+            stem = f"{request.method.value}-{seed}-{role.value}"
+            files.append(OutputFile(stem, ".png", _png_writer(layers[role], info)))
+            if role in _TRANSPARENT_ROLES:
+                files.append(OutputFile(stem, "-preview.png", _preview_writer(layers[role])))
+    return files
+
+
+def _png_writer(rgba: np.ndarray, info: Any) -> Any:
+    from PIL import Image
+
+    def write(stream: Any) -> None:
+        Image.fromarray(rgba, "RGBA").save(stream, format="PNG", pnginfo=info, compress_level=4)
+
+    return write
+
+
+def _preview_writer(rgba: np.ndarray) -> Any:
+    from PIL import Image
+
+    from .layerdiffuse import checkerboard_preview
+
+    def write(stream: Any) -> None:
+        preview = checkerboard_preview(rgba)
+        Image.fromarray(preview, "RGB").save(stream, format="PNG", compress_level=4)
+
+    return write
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.started = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, step: int, total: int, latents: torch.Tensor) -> None:
+        filled = self.width * step // max(total, 1)
+        elapsed = time.perf_counter() - self.started
+        bar = "#" * filled + "-" * (self.width - filled)
+        sys.stderr.write(f"\r[{bar}] {step}/{total} steps  {elapsed:5.1f} s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _quiet_libraries() -> None:
+    """No per-file progress bars or casting notes from diffusers/transformers in our output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
-    from .server.serve import run_server
-    from .store.model_sets import open_model_set
-
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -272,11 +720,19 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     ).with_environment()
+    # Every refusal before the models load (seconds to minutes).
     try:
         config.check()
     except ValueError as error:
-        _say(f"error: {error}")
-        return EXIT_NO_START
+        raise UsageError(str(error)) from None
+    _check_port_free(config.host, config.port)
+
+    import asyncio
+    import signal
+
+    from .server.serve import run_server
+    from .store.model_sets import open_model_set
+
     _quiet_libraries()
     models = open_model_set(
         base=config.base,
@@ -313,135 +769,42 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except OSError as error:
-        _say(f"error: cannot listen on {config.host}:{config.port}: {error.strerror or error}")
+    except OSError as error:  # taken while the models loaded
+        _say(f"error: cannot listen on {config.host}:{config.port}: {_os_reason(error)}")
         return EXIT_NO_START
     return EXIT_OK
 
 
-def _request_from(args: argparse.Namespace) -> GenerationRequest:
-    from .methods.request import GenerationRequest
+def _check_port_free(host: str, port: int) -> None:
+    """Bind every address `host` resolves to as the server will, and let go at once.
 
-    if args.init is not None and args.foreground is not None:
-        raise InvalidRequest(
-            "init", "give --init or --foreground, not both (both are the foreground)"
-        )
-    inputs: dict[LayerRole, np.ndarray] = {}
-    for option, role, path in (
-        ("init", LayerRole.FOREGROUND, args.init),
-        ("foreground", LayerRole.FOREGROUND, args.foreground),
-        ("background", LayerRole.BACKGROUND, args.background),
-        ("blend", LayerRole.BLENDED, args.blend),
-    ):
-        if path is not None:
-            inputs[role] = _read_rgba(option, path)
-    texts = {
-        LayerRole.FOREGROUND: args.fg_prompt,
-        LayerRole.BACKGROUND: args.bg_prompt,
-        LayerRole.BLENDED: args.blend_prompt,
-    }
-    return GenerationRequest(
-        method=Method(args.method),
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        layer_prompts={role: text for role, text in texts.items() if text},
-        inputs=inputs,
-        width=args.width,
-        height=args.height,
-        fit_to_native=args.fit_to_native,
-        resize_mode=ResizeMode(args.resize_mode),
-        seed=args.seed,
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        sampler=Sampler(args.sampler),
-        batch_size=args.batch_size,
-        batch_count=args.batch_count,
-        weight=args.weight,
-        ending_step=args.stop_at,
-        denoise_strength=args.denoise,
-    )
+    The server binds again once its models are loaded; a port taken in between still
+    fails then, with the same line.
 
-
-def _read_rgba(option: str, path: Path) -> np.ndarray:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
+    Raises:
+        UsageError: the host does not resolve, or an address is in use or refused.
+    """
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGBA")).copy()
-    except (OSError, UnidentifiedImageError) as error:
-        raise InvalidRequest(option, f"cannot read {path}: {error}") from error
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host}: {_os_reason(error)}") from None
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":  # as asyncio's create_server does
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise UsageError(f"cannot listen on {host}:{port}: {_os_reason(error)}") from None
 
 
-def _write_results(
-    folder: Path, request: GenerationRequest, result: GenerationResult, model_name: str
-) -> list[Path]:
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    from .layerdiffuse import checkerboard_preview
-    from .methods.infotext import format_parameters
-
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = METHOD_SPECS[request.method]
-    written = []
-    for layers, seed in zip(result.images, result.seeds, strict=True):
-        info = PngInfo()
-        info.add_text(
-            "parameters", format_parameters(request, seed, model_name, result.generation_size)
-        )
-        for role in spec.outputs:
-            rgba = layers[role]
-            stem = f"{request.method.value}-{seed}-{role.value}"
-            path = _free_path(folder / f"{stem}.png")
-            Image.fromarray(rgba, "RGBA").save(path, pnginfo=info, compress_level=4)
-            written.append(path)
-            if (rgba[..., 3] < 255).any():
-                preview = path.with_name(path.stem + "-preview.png")
-                Image.fromarray(checkerboard_preview(rgba), "RGB").save(preview, compress_level=4)
-                written.append(preview)
-    return written
+def _os_reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
 
 
-def _free_path(path: Path) -> Path:
-    """`path`, or `name-2.png`, `name-3.png`, … if it exists: never overwrite a result."""
-    candidate, number = path, 2
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-        number += 1
-    return candidate
-
-
-class _ProgressBar:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, width: int = 30) -> None:
-        self.width = width
-        self.started = time.perf_counter()
-        self.shown = False
-
-    def __call__(self, step: int, total: int, latents: torch.Tensor) -> None:
-        filled = self.width * step // max(total, 1)
-        elapsed = time.perf_counter() - self.started
-        bar = "#" * filled + "-" * (self.width - filled)
-        sys.stderr.write(f"\r[{bar}] {step}/{total} steps  {elapsed:5.1f} s")
-        sys.stderr.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-
-
-def _quiet_libraries() -> None:
-    """No per-file progress bars or casting notes from diffusers/transformers in our output."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+# -- models --------------------------------------------------------------------------
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -450,16 +813,37 @@ def _store(args: argparse.Namespace) -> ModelStore:
     return ModelStore(models_dir=args.models_dir, offline=args.offline)
 
 
+def _check_names(names: list[str]) -> None:
+    from .store.catalogue import RELEASED_FILES, find_released_file
+
+    for name in names:
+        try:
+            find_released_file(name, RELEASED_FILES)
+        except ModelNotFound as error:
+            raise UsageError(f"NAME: {error}") from None
+
+
 def _models_list(args: argparse.Namespace) -> int:
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub.file_download import repo_folder_name
+
     store = _store(args)
+    cache = store.cache_dir or Path(hub_constants.HF_HUB_CACHE)
     for entry, path in store.list():
-        where = str(path) if path is not None else "not downloaded"
+        if path is not None:
+            where = str(path)
+        else:
+            folder = cache / repo_folder_name(repo_id=entry.repo_id, repo_type="model")
+            where = f"missing: a download goes to {folder}"
+            if store.models_dir is not None:
+                where = f"missing from {store.models_dir}; a download goes to {folder}"
         print(f"{entry.summary()}  {where}")
         print(f"    {entry.description}")
     return EXIT_OK
 
 
 def _models_download(args: argparse.Namespace) -> int:
+    _check_names(args.names)
     store = _store(args)
     names = args.names or [
         entry.name
@@ -476,6 +860,7 @@ def _models_download(args: argparse.Namespace) -> int:
 
 
 def _models_verify(args: argparse.Namespace) -> int:
+    _check_names(args.names)
     store = _store(args)
     names = args.names or [entry.name for entry, path in store.list() if path is not None]
     if not names:
@@ -505,24 +890,15 @@ class _ByteProgress:
             sys.stderr.write("\n")
 
 
+# -- bench ---------------------------------------------------------------------------
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import STAGES, run_bench
+    from .bench import run_bench
 
     _quiet_libraries()
-    if args.size is not None and (args.size < 64 or args.size % 64):
-        raise InvalidRequest("size", f"{args.size} is not a positive multiple of 64")
-    if args.repeat < 1:
-        raise InvalidRequest("repeat", f"{args.repeat} is not a positive count")
-    stages = None
-    if args.stages is not None:
-        stages = tuple(stage.strip() for stage in args.stages.split(",") if stage.strip())
-    unknown = set(stages or ()) - set(STAGES)
-    if unknown:
-        raise InvalidRequest(
-            "stages", f"unknown stage {sorted(unknown)[0]!r}; known: {', '.join(STAGES)}"
-        )
     report = run_bench(
-        device=args.device, dtype=args.dtype, size=args.size, repeat=args.repeat, stages=stages
+        device=args.device, dtype=args.dtype, size=args.size, repeat=args.repeat, stages=args.stages
     )
     print(report.table())
     if args.json is not None:

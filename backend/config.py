@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from protocol import DEFAULT_LIMITS, Limits, ModelFamily
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8870
 TOKEN_ENVIRONMENT = "LAYERDIFFUSE_TOKEN"
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:[0-9]{1,5})?")
+"""An origin as browsers send it (RFC 6454): lowercase scheme://host[:port], no path."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class ServerConfig:
         """Refuse configurations that would expose the GPU without a secret.
 
         Raises:
-            ValueError: a non-loopback bind without a token, or a bad value.
+            ValueError: a non-loopback bind without a token, an allowed origin that no
+                browser sends, or a bad value.
         """
         if not self.binds_loopback_only and not self.token:
             raise ValueError(
@@ -95,6 +99,12 @@ class ServerConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} outside 0..65535")
+        for origin in self.allowed_origins:
+            if not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"--allow-origin {origin!r} is not an origin as browsers send it: "
+                    "scheme://host[:port] in lowercase, no path, like http://localhost:5173"
+                )
         if self.retention_seconds < 0 or self.upload_timeout_seconds <= 0:
             raise ValueError("retention and upload timeouts must be positive")
         if not self.demo and not self.base:

@@ -6,6 +6,7 @@
     │   ├── ModelNotFound     not in the models folder or cache, and not downloadable now
     │   ├── ModelHashMismatch a file's sha256 differs from the catalogue's
     │   └── UnsupportedModel  a file in a format or family we do not load (pickles, unknown keys)
+    ├── OutputError           the results cannot be written where they were asked for
     └── Cancelled             the job was cancelled while it ran
 
 Messages are lowercase, without a final period, and name the value at fault.
@@ -45,6 +46,10 @@ class ModelHashMismatch(ModelError):
 
 class UnsupportedModel(ModelError):
     """A file is in a format or of a family this backend does not load."""
+
+
+class OutputError(BackendError):
+    """The output folder is a file, not writable or full, or a result file cannot be written."""
 
 
 class Cancelled(BackendError):

@@ -40,11 +40,13 @@ MAX_INPUT_SIDE = 4096
 """Pixels of the width or the height of an input layer."""
 
 Label = Callable[[str], str]
-"""How a message names a field: the wire name by default, a flag on the command line."""
+"""How a message names a field, given its path: the field (`steps`), or one layer's part
+of it (`inputs.foreground`, `layer_prompts.background`). The wire names the field
+(`_wire_name`); the command line names the flag the user typed."""
 
 
-def _wire_name(name: str) -> str:
-    return name
+def _wire_name(path: str) -> str:
+    return path.partition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,19 @@ def check_parameters(parameters: Any, label: Label = _wire_name) -> None:
             reason = f"the {role.value} prompt's {len(text)} characters exceed {MAX_TEXT_CHARS}"
         else:
             continue
-        raise InvalidParameter("layer_prompts", reason, shown_as=label("layer_prompts"))
+        shown_as = label(f"layer_prompts.{role.value}")
+        raise InvalidParameter("layer_prompts", reason, shown_as=shown_as)
 
 
-def check_input_roles(method: Method, roles: Collection[LayerRole]) -> None:
+def check_input_roles(
+    method: Method, roles: Collection[LayerRole], label: Label = _wire_name
+) -> None:
     """Check that the input layers are those the method needs and takes.
+
+    Args:
+        method: the request's method.
+        roles: the roles of the input layers given.
+        label: how a message names an input (its path is `inputs.<role>`).
 
     Raises:
         InvalidParameter: `inputs: sd15_fg2bg needs a foreground layer` (or `takes no`).
@@ -211,10 +221,12 @@ def check_input_roles(method: Method, roles: Collection[LayerRole]) -> None:
     spec = METHOD_SPECS[method]
     for role in spec.required_inputs:
         if role not in roles:
-            raise InvalidParameter("inputs", f"{method.value} needs a {role.value} layer")
+            reason = f"{method.value} needs a {role.value} layer"
+            raise InvalidParameter("inputs", reason, shown_as=label(f"inputs.{role.value}"))
     for role in roles:
         if role not in spec.required_inputs and role not in spec.optional_inputs:
-            raise InvalidParameter("inputs", f"{method.value} takes no {role.value} layer")
+            reason = f"{method.value} takes no {role.value} layer"
+            raise InvalidParameter("inputs", reason, shown_as=label(f"inputs.{role.value}"))
 
 
 def parameter_table() -> str:

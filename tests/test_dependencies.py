@@ -47,6 +47,10 @@ ALLOWED: dict[str, set[str]] = {
         "numpy",
     },
     "backend.config": {"protocol"},
+    # The command line's flags are checked before anything heavy is imported.
+    "backend.flags": {"protocol"},
+    # Result files: names and atomic writes only; what goes in them is the CLI's.
+    "backend.outputs": {"backend.errors"},
     "backend.jobs": {
         "backend.jobs",
         "backend.methods",

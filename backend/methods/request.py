@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..model_set import ModelSet
     from .denoise import StepCallback
 
+
 @dataclass
 class GenerationRequest:
     """Everything one generation needs; images are uint8 RGBA arrays (H, W, 4).

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.cli import main
+from backend.cli import BENCH_STAGES, METHOD_SUMMARIES, main
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
 from backend.model_set import ModelSet
@@ -128,17 +128,82 @@ def test_generate_never_overwrites_a_file(
     assert len(list(tmp_path.iterdir())) == 4
 
 
-@pytest.mark.parametrize("option", ["init", "foreground", "background"])
+@pytest.mark.usefixtures("demo_xdg_cache")
+def test_a_folder_holding_only_a_preview_keeps_it_and_gets_a_matching_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #20: the preview's name alone being taken moves the layer and its preview."""
+    earlier = tmp_path / "sd15_transparent-77-foreground-preview.png"
+    earlier.write_bytes(b"an earlier preview")
+    assert _generate(tmp_path) == 0
+    out, _ = _output_lines(capsys)
+    assert out == [
+        str(tmp_path / "sd15_transparent-77-foreground-2.png"),
+        str(tmp_path / "sd15_transparent-77-foreground-2-preview.png"),
+    ]
+    assert earlier.read_bytes() == b"an earlier preview"
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.usefixtures("demo_xdg_cache")
+def test_opaque_layers_get_no_preview_and_all_files_share_one_suffix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sd15_joint: the transparent foreground has a preview, background and blend do not."""
+    (tmp_path / "sd15_joint-77-blended.png").write_bytes(b"keep me")
+    assert _generate(tmp_path, "--method", "sd15_joint") == 0
+    out, _ = _output_lines(capsys)
+    assert out == [
+        str(tmp_path / name)
+        for name in (
+            "sd15_joint-77-foreground-2.png",
+            "sd15_joint-77-foreground-2-preview.png",
+            "sd15_joint-77-background-2.png",
+            "sd15_joint-77-blended-2.png",
+        )
+    ]
+    assert (tmp_path / "sd15_joint-77-blended.png").read_bytes() == b"keep me"
+    for name in out[2:]:
+        with Image.open(name) as image:
+            assert image.mode == "RGBA" and (np.asarray(image)[..., 3] == 255).all()
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ("afile", "{o} is a file, not a folder"),
+        ("afile/sub", "{o} is inside {f}, which is a file, not a folder"),
+    ],
+)
+@pytest.mark.usefixtures("empty_caches", "no_connections")
+def test_a_bad_output_folder_fails_before_any_model_is_looked_for(
+    output: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No --demo: the default hub model is neither cached nor reachable, so only a check
+    # made before loading can give this line.
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    target = tmp_path / output
+    assert main(["generate", "--device", "cpu", "-o", str(target)]) == 2
+    assert _output_lines(capsys) == ([], [f"error: -o: {reason.format(o=target, f=afile)}"])
+    assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("option", "method"),
+    [("init", "sd15_transparent"), ("foreground", "sd15_fg2bg"), ("background", "sd15_bg2fg")],
+)
 @pytest.mark.usefixtures("empty_caches")
 def test_an_unreadable_input_file_is_a_one_line_usage_error(
-    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    option: str, method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.png"
-    assert _generate(tmp_path / "out", f"--{option}", str(missing)) == 2
+    assert _generate(tmp_path / "out", "--method", method, f"--{option}", str(missing)) == 2
     out, err = _output_lines(capsys)
     assert out == []
     assert err == [
-        f"error: {option}: cannot read {missing}: [Errno 2] No such file or directory: '{missing}'"
+        f"error: --{option}: cannot read {missing}: [Errno 2] No such file or directory: "
+        f"'{missing}'"
     ]
     assert not (tmp_path / "out").exists()
 
@@ -151,7 +216,7 @@ def test_init_and_foreground_together_are_refused(
     Image.new("RGBA", (8, 8)).save(image)
     assert _generate(tmp_path / "out", "--init", str(image), "--foreground", str(image)) == 2
     assert _output_lines(capsys)[1] == [
-        "error: init: give --init or --foreground, not both (both are the foreground)"
+        "error: --init: give --init or --foreground, not both (both are the foreground)"
     ]
 
 
@@ -163,17 +228,17 @@ def test_an_init_file_that_is_not_an_image_is_a_one_line_usage_error(
     text.write_text("not a picture")
     assert _generate(tmp_path / "out", "--init", str(text)) == 2
     _, err = _output_lines(capsys)
-    assert err == [f"error: init: cannot read {text}: cannot identify image file '{text}'"]
+    assert err == [f"error: --init: cannot read {text}: cannot identify image file '{text}'"]
 
 
 @pytest.mark.usefixtures("demo_xdg_cache")
-def test_steps_0_is_refused_with_the_requests_message(
+def test_steps_0_is_refused_naming_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _generate(tmp_path / "out", "--steps", "0") == 2
     out, err = _output_lines(capsys)
     assert out == []
-    assert err[-1] == "error: steps: 0 outside 1..150"
+    assert err == ["error: --steps: 0 outside 1..150"]
     assert not (tmp_path / "out").exists()
 
 
@@ -184,7 +249,7 @@ def test_an_invalid_request_is_refused_before_any_model_is_looked_for(
     # No --demo and no --base: the default hub model is neither cached nor reachable, so
     # only a check made before loading can give the usage error.
     assert main(["generate", "--steps", "0", "--device", "cpu"]) == 2
-    assert _output_lines(capsys)[1] == ["error: steps: 0 outside 1..150"]
+    assert _output_lines(capsys)[1] == ["error: --steps: 0 outside 1..150"]
 
 
 @pytest.mark.parametrize(
@@ -196,11 +261,25 @@ def test_help_exits_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["generate", "--no-such-option"], ["models"], ["bench", "--repeat", "x"]]
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: COMMAND (see `layerdiffuse --help`)"),
+        (
+            ["models"],
+            "the following arguments are required: ACTION (see `layerdiffuse models --help`)",
+        ),
+        (["bench", "--repeat", "x"], "--repeat: 'x' is not an integer in 1..1000"),
+        (
+            ["generate", "-W"],
+            "argument --width/-W: expected one argument (see `layerdiffuse generate --help`)",
+        ),
+    ],
 )
-def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
-    assert "usage: layerdiffuse" in capsys.readouterr().err
+    assert _output_lines(capsys) == ([], [f"error: {message}"])
 
 
 @pytest.mark.usefixtures("empty_caches")
@@ -222,9 +301,8 @@ def _list_lines(out: list[str]) -> dict[str, str]:
     return {line.split()[0]: line for line in out if line and not line.startswith(" ")}
 
 
-@pytest.mark.usefixtures("empty_caches")
-def test_models_list_shows_all_14_files_and_where_they_are(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_models_list_shows_all_14_files_and_the_folder_each_is_in_or_would_go_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_caches: Path
 ) -> None:
     models_dir = tmp_path / "models"
     models_dir.mkdir()
@@ -237,8 +315,23 @@ def test_models_list_shows_all_14_files_and_where_they_are(
     assert len(lines) == 14
     assert len(out) == 2 * 14  # each file's summary line and its description
     assert lines["layer_sd15_joint"].endswith(f"  {present}")
+    download_folder = empty_caches / "models--LayerDiffusion--layerdiffusion-v1"
     others = [line for name, line in lines.items() if name != "layer_sd15_joint"]
-    assert all(line.endswith("  not downloaded") for line in others)
+    assert all(
+        line.endswith(f"  missing from {models_dir}; a download goes to {download_folder}")
+        for line in others
+    )
+
+
+def test_models_list_without_a_models_folder_names_the_download_folder(
+    capsys: pytest.CaptureFixture[str], empty_caches: Path
+) -> None:
+    assert main(["models", "list"]) == 0
+    lines = _list_lines(_output_lines(capsys)[0])
+    download_folder = empty_caches / "models--LayerDiffusion--layerdiffusion-v1"
+    assert all(
+        line.endswith(f"  missing: a download goes to {download_folder}") for line in lines.values()
+    )
 
 
 @pytest.mark.usefixtures("empty_caches")
@@ -287,9 +380,10 @@ def test_models_download_offline_with_nothing_cached_exits_3(
 def test_models_download_of_an_unknown_name_lists_the_known_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["models", "download", "layer_sd99_magic", "--offline"]) == 3
+    assert main(["models", "download", "layer_sd99_magic", "--offline"]) == 2
     (line,) = _output_lines(capsys)[1]
-    assert "layer_sd99_magic" in line and "layer_sd15_joint" in line
+    assert line.startswith("error: NAME: unknown model file 'layer_sd99_magic'; known names: ")
+    assert "layer_sd15_joint" in line
 
 
 def test_bench_writes_the_reference_and_our_variants_with_ratios(
@@ -310,33 +404,6 @@ def test_bench_writes_the_reference_and_our_variants_with_ratios(
         assert timing["baseline"] == reference["variant"]
         assert timing["ratio"] == pytest.approx(reference["milliseconds"] / timing["milliseconds"])
         assert timing["variant"] in table
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (
-            ["--stages", "nope"],
-            "error: stages: unknown stage 'nope'; known: "
-            "decoder, sd15, sdxl, methods, sdxl_methods, transport",
-        ),
-        (["--repeat", "0"], "error: repeat: 0 is not a positive count"),
-        (["--size", "0"], "error: size: 0 is not a positive multiple of 64"),
-    ],
-)
-def test_bench_refuses_bad_options_in_one_line(
-    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["bench", "--device", "cpu", *options]) == 2
-    assert _output_lines(capsys)[1] == [message]
-
-
-def test_bench_refuses_a_size_that_is_not_a_multiple_of_64(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    argv = ["bench", "--device", "cpu", "--size", "32", "--repeat", "1", "--stages", "decoder"]
-    assert main(argv) == 2
-    assert _output_lines(capsys)[1][0].startswith("error: size: ")
 
 
 def test_python_m_backend_help_exits_0() -> None:
@@ -367,3 +434,36 @@ def test_importing_the_cli_does_not_import_torch() -> None:
         check=True,
     )
     assert done.stdout == "[]\n"
+
+
+def test_generate_help_shows_every_default_and_range_and_one_line_per_method(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in (
+        "sampler steps; 1..150 (default: 20)",
+        "classifier-free guidance scale; 1.0..30.0 (default: 7.0)",
+        "in pixels; 8..4096 (default: 512)",
+        '(default: "bad, ugly")',
+        "0..4294967295 (default: 12345)",
+        "0.0..1.0 (default: 1.0)",
+        "(default: outputs)",
+        "(default: dpmpp_2m_karras)",
+        "(default: sd15_transparent)",
+    ):
+        assert shown in text
+    for method in Method:
+        assert f"{method.value} {METHOD_SUMMARIES[method]}" in text
+
+
+@pytest.mark.parametrize("command", ["serve", "bench", "models", "models list", "models download"])
+def test_every_subcommand_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command.split(), "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: layerdiffuse {command}")
+
+
+def test_the_cli_knows_the_bench_stages_without_importing_the_bench() -> None:
+    from backend.bench import STAGES
+
+    assert STAGES == BENCH_STAGES
