@@ -219,8 +219,8 @@ DOC_FRAMES = [
     '{"role":"blended","image":{"id":"j1/0/blended","width":1200,'
     '"height":900,"format":"bgra8","size":4320000}}]}',
     '{"type":"done","job":"j1","status":"completed"}',
-    '{"type":"done","job":"j2","status":"failed",'
-    '"error":{"code":"invalid_request","message":"steps 0 outside 1..150"}}',
+    '{"type":"done","job":"j9","status":"failed",'
+    '"error":{"code":"internal_error","message":"internal error: the server log has the details"}}',
     '{"type":"error","code":"limit_exceeded","message":"request.steps: 500 exceeds the '
     'limit of 150","job":"j3"}',
 ]
@@ -267,7 +267,9 @@ def test_the_doc_example_decodes() -> None:
         ),
         Done("j1", JobStatus.COMPLETED),
         Done(
-            "j2", JobStatus.FAILED, ErrorInfo(ErrorCode.INVALID_REQUEST, "steps 0 outside 1..150")
+            "j9",
+            JobStatus.FAILED,
+            ErrorInfo(ErrorCode.INTERNAL_ERROR, "internal error: the server log has the details"),
         ),
         Error(ErrorCode.LIMIT_EXCEEDED, "request.steps: 500 exceeds the limit of 150", "j3"),
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from protocol import (
     Method,
     check_input_roles,
     check_parameters,
+    parameter_table,
 )
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
@@ -104,3 +107,26 @@ def test_input_roles_are_those_the_method_needs_and_takes() -> None:
         check_input_roles(Method.SD15_FG_TO_BG, set())
     with pytest.raises(InvalidParameter, match=r"^inputs: sdxl_fg2ble takes no blended layer$"):
         check_input_roles(Method.SDXL_FG_TO_BLEND, {FG, BLEND})
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def test_the_doc_states_every_request_field_as_the_table_does() -> None:
+    """docs/protocol.md's request table is `parameter_table()`, character for character."""
+    match = re.search(
+        r"<!-- request-fields:.*?-->\n(.*?)\n<!-- /request-fields -->", DOC.read_text(), re.DOTALL
+    )
+    assert match is not None, "the request-fields markers are missing from docs/protocol.md"
+    assert match.group(1) == parameter_table(), (
+        "docs/protocol.md's request table is out of date; replace it with the output of\n"
+        "python -c 'from protocol import parameter_table; print(parameter_table())'"
+    )
+
+
+def test_the_table_shows_each_fields_default_and_range() -> None:
+    rows = {line.split(" | ")[0].strip("|` "): line for line in parameter_table().splitlines()[2:]}
+    assert list(rows) == list(PARAMETERS)
+    assert rows["steps"] == "| `steps` | integer | `20` | 1..150 | sampler steps |"
+    assert "| `0.7` | 0.0..1.0 |" in rows["denoise_strength"]
+    assert "| `dpmpp_2m_karras` | `dpmpp_2m_karras`, `dpmpp_2m_sde_karras`," in rows["sampler"]
