@@ -25,7 +25,7 @@ from .canvas.app import (
 from .canvas.document import KritaCanvas
 from .client import BackendClient
 from .eventloop import EventLoop
-from .qt import QStandardPaths
+from .qt import QAction, QStandardPaths
 from .recipes import KRITA_ACTIONS, Action
 from .settings import SETTINGS_GROUP, load_settings
 from .state import DockerState
@@ -101,7 +101,7 @@ class LayerDiffuseExtension(Extension):
 
     def createActions(self, window: Any) -> None:
         for action_id, text, action in KRITA_ACTIONS:
-            qaction = window.createAction(action_id, text, MENU)
+            qaction: QAction = window.createAction(action_id, text, MENU)
             qaction.triggered.connect(lambda _=False, action=action: self.plugin.trigger(action))
 
 

@@ -28,17 +28,16 @@ __all__ = [
     "QCoreApplication",
     "QDockWidget",
     "QDoubleSpinBox",
-    "QFormLayout",
     "QFrame",
-    "QGroupBox",
+    "QGridLayout",
     "QHBoxLayout",
     "QImage",
     "QLabel",
     "QLineEdit",
-    "QObject",
     "QPainter",
     "QPixmap",
     "QPlainTextEdit",
+    "QPoint",
     "QProgressBar",
     "QPushButton",
     "QScrollArea",
@@ -79,16 +78,22 @@ def qt_major_version() -> int:
 QT_MAJOR = qt_major_version()
 
 if QT_MAJOR == 6:
-    from PyQt6.QtCore import QCoreApplication, QObject, QStandardPaths, Qt, QTimer, pyqtSignal
+    from PyQt6.QtCore import (
+        QCoreApplication,
+        QPoint,
+        QStandardPaths,
+        Qt,
+        QTimer,
+        pyqtSignal,
+    )
     from PyQt6.QtGui import QAction, QColor, QImage, QPainter, QPixmap
     from PyQt6.QtWidgets import (
         QCheckBox,
         QComboBox,
         QDockWidget,
         QDoubleSpinBox,
-        QFormLayout,
         QFrame,
-        QGroupBox,
+        QGridLayout,
         QHBoxLayout,
         QLabel,
         QLineEdit,
@@ -103,7 +108,14 @@ if QT_MAJOR == 6:
         QWidget,
     )
 else:
-    from PyQt5.QtCore import QCoreApplication, QObject, QStandardPaths, Qt, QTimer, pyqtSignal
+    from PyQt5.QtCore import (
+        QCoreApplication,
+        QPoint,
+        QStandardPaths,
+        Qt,
+        QTimer,
+        pyqtSignal,
+    )
     from PyQt5.QtGui import QColor, QImage, QPainter, QPixmap
     from PyQt5.QtWidgets import (
         QAction,
@@ -111,9 +123,8 @@ else:
         QComboBox,
         QDockWidget,
         QDoubleSpinBox,
-        QFormLayout,
         QFrame,
-        QGroupBox,
+        QGridLayout,
         QHBoxLayout,
         QLabel,
         QLineEdit,

@@ -1,6 +1,7 @@
 """Which LayerDiffuse methods each action runs, and where their layers go (pure).
 
-- transparent layer: `sd15_transparent` / `sdxl_transparent_attn`; reads nothing;
+- transparent layer: `sd15_transparent` / `sdxl_transparent_attn` (or `_conv`, the
+  docker's choice); reads nothing;
   inserts the foreground above the active layer.
 - background: `sd15_fg2bg` / `sdxl_fg2ble` then `sdxl_fgble2bg`; reads the active layer
   (the foreground); inserts the background directly below it.
@@ -26,7 +27,15 @@ from .errors import MethodUnavailable
 from .placement import InputSource, Placement
 from .vendor import protocol
 
-__all__ = ["KRITA_ACTIONS", "Action", "OutputLayer", "Recipe", "recipe_for", "step_inputs"]
+__all__ = [
+    "KRITA_ACTIONS",
+    "SDXL_TRANSPARENT_MODELS",
+    "Action",
+    "OutputLayer",
+    "Recipe",
+    "recipe_for",
+    "step_inputs",
+]
 
 Method = protocol.Method
 LayerRole = protocol.LayerRole
@@ -108,8 +117,15 @@ class Recipe:
             )
 
 
+SDXL_TRANSPARENT_MODELS = (Method.SDXL_TRANSPARENT_ATTN, Method.SDXL_TRANSPARENT_CONV)
+"""The two SDXL transparent models the original offers: attention or conv injection."""
+
+
 def recipe_for(
-    action: Action, family: protocol.ModelFamily, insert_blended: bool = False
+    action: Action,
+    family: protocol.ModelFamily,
+    insert_blended: bool = False,
+    sdxl_transparent: protocol.Method = Method.SDXL_TRANSPARENT_ATTN,
 ) -> Recipe:
     """The recipe of an action on a model family.
 
@@ -117,6 +133,8 @@ def recipe_for(
         action: what the painter asked for.
         family: the model family to run on.
         insert_blended: also insert the blended image the layer methods make (hidden).
+        sdxl_transparent: the SDXL transparent layer's method (one of
+            `SDXL_TRANSPARENT_MODELS`).
 
     Raises:
         MethodUnavailable: the family has no method for the action (together on SDXL).
@@ -124,7 +142,9 @@ def recipe_for(
     sd15 = family is ModelFamily.SD15
     blended = (OutputLayer(_BLEND, _BELOW, visible=False),) if insert_blended else ()
     if action is Action.TRANSPARENT_LAYER:
-        method = Method.SD15_TRANSPARENT if sd15 else Method.SDXL_TRANSPARENT_ATTN
+        if sdxl_transparent not in SDXL_TRANSPARENT_MODELS:
+            raise ValueError(f"{sdxl_transparent} is not an SDXL transparent method")
+        method = Method.SD15_TRANSPARENT if sd15 else sdxl_transparent
         return Recipe(
             action, family, InputSource.NOTHING, None, (method,), (OutputLayer(_FG, _ABOVE),)
         )

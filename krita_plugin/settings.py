@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .recipes import Action
+from .recipes import SDXL_TRANSPARENT_MODELS, Action
 from .vendor import protocol
 
 __all__ = [
@@ -24,6 +24,10 @@ __all__ = [
     "describe",
     "load_settings",
     "save_settings",
+    "shown_range",
+    "shown_times",
+    "tooltip",
+    "unit",
     "value_range",
 ]
 
@@ -52,13 +56,19 @@ def _spec(
     *,
     minimum: float | None = None,
     maximum: float | None = None,
+    unit: str = "",
+    shown_times: float = 1,
     choices: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """A setting's metadata; the docker shows its value times `shown_times` (a fraction
+    as a percentage), in `unit`."""
     return {
         "label": label,
         "help": help,
         "minimum": minimum,
         "maximum": maximum,
+        "unit": unit,
+        "shown_times": shown_times,
         "choices": choices,
     }
 
@@ -66,6 +76,7 @@ def _spec(
 _FAMILIES = (FAMILY_AUTO, *(family.value for family in protocol.ModelFamily))
 _SAMPLERS = tuple(sampler.value for sampler in protocol.Sampler)
 _ACTIONS = tuple(action.value for action in Action)
+_SDXL_TRANSPARENT = tuple(method.value for method in SDXL_TRANSPARENT_MODELS)
 
 
 @dataclass(frozen=True)
@@ -94,17 +105,26 @@ class Settings:
     )
     method: str = field(
         default=Action.TRANSPARENT_LAYER.value,
-        metadata=_spec("Method", "What the Generate button makes", choices=_ACTIONS),
+        metadata=_spec("Make", "What the Generate button makes", choices=_ACTIONS),
     )
-    steps: int = field(default=20, metadata=_spec("Steps", "Sampler steps", minimum=1, maximum=150))
+    steps: int = field(
+        default=20,
+        metadata=_spec("Steps", "Sampler steps", minimum=1, maximum=150, unit="steps"),
+    )
     cfg_scale: float = field(
         default=7.0,
-        metadata=_spec("CFG", "How closely to follow the prompt", minimum=1.0, maximum=30.0),
+        metadata=_spec(
+            "CFG", "How closely to follow the prompt (CFG scale)", minimum=1.0, maximum=30.0
+        ),
     )
     seed: int = field(
         default=12345,
         metadata=_spec(
-            "Seed", "The same seed and settings give the same picture", minimum=0, maximum=2**32 - 1
+            "Seed",
+            "The same seed and settings give the same picture; with Random on it shows the "
+            "last seed used, so unticking Random reuses it",
+            minimum=0,
+            maximum=2**32 - 1,
         ),
     )
     random_seed: bool = field(
@@ -116,15 +136,28 @@ class Settings:
     )
     weight: float = field(
         default=1.0,
-        metadata=_spec("Weight", "Strength of the SDXL layer models", minimum=0.0, maximum=2.0),
+        metadata=_spec(
+            "Weight", "Strength of the SDXL layer models", minimum=0.0, maximum=2.0, unit="×"
+        ),
     )
     stop_at: float = field(
         default=1.0,
         metadata=_spec(
             "Stop At",
-            "Fraction of the steps that use the layer model",
+            "The share of the steps that use the layer model; the rest run the plain model",
             minimum=0.0,
             maximum=1.0,
+            unit="%",
+            shown_times=100,
+        ),
+    )
+    sdxl_transparent_model: str = field(
+        default=SDXL_TRANSPARENT_MODELS[0].value,
+        metadata=_spec(
+            "Layer model",
+            "The SDXL layer model of a transparent layer: attention injection (the "
+            "original's default) or conv injection",
+            choices=_SDXL_TRANSPARENT,
         ),
     )
     foreground_prompt: str = field(
@@ -152,6 +185,14 @@ class Settings:
             "scale the result to the region; off generates at the region's own size",
         ),
     )
+    settings_open: bool = field(
+        default=False,
+        metadata=_spec("Settings", "Whether the docker's Settings section is open"),
+    )
+    connection_open: bool = field(
+        default=False,
+        metadata=_spec("Connection", "Whether the docker's Connection section is open"),
+    )
 
 
 _FIELDS = {spec.name: spec for spec in dataclasses.fields(Settings)}
@@ -161,6 +202,37 @@ def describe(name: str) -> tuple[str, str]:
     """The label and help text of a setting."""
     metadata = _FIELDS[name].metadata
     return metadata["label"], metadata["help"]
+
+
+def tooltip(name: str) -> str:
+    """The help text of a setting with its range and unit, e.g. "Sampler steps (1–150 steps)"."""
+    metadata = _FIELDS[name].metadata
+    text = metadata["help"]
+    if metadata["minimum"] is not None and metadata["maximum"] is not None:
+        low, high = (_number(value) for value in shown_range(name))
+        unit = f" {metadata['unit']}" if metadata["unit"] else ""
+        text += f" ({low}–{high}{unit})"
+    return text
+
+
+def unit(name: str) -> str:
+    """The unit the docker shows a setting's value in ("" for none)."""
+    return _FIELDS[name].metadata["unit"]
+
+
+def shown_times(name: str) -> float:
+    """The factor between a setting's stored value and the value the docker shows."""
+    return _FIELDS[name].metadata["shown_times"]
+
+
+def shown_range(name: str) -> tuple[float, float]:
+    """A numeric setting's range as the docker shows it (e.g. Stop At as 0–100 %)."""
+    low, high = value_range(name)
+    return low * shown_times(name), high * shown_times(name)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def value_range(name: str) -> tuple[float, float]:

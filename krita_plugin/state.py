@@ -17,19 +17,28 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .client import BackendClient, ConnectionState, JobResult, new_job_id
-from .errors import JobCancelled, NotConnected, PluginError
+from .errors import JobCancelled, MethodUnavailable, NotConnected, PluginError
 from .geometry import Bounds
 from .placement import Capture, InputSource, NewLayer
 from .recipes import Action, Recipe, recipe_for, step_inputs
 from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
 from .vendor import protocol
 
-__all__ = ["Canvas", "DockerState", "Message", "Signal", "layer_name"]
+__all__ = [
+    "Canvas",
+    "DockerState",
+    "Message",
+    "Progress",
+    "Signal",
+    "applicable_settings",
+    "layer_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +85,88 @@ class Message:
     is_error: bool = False
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a running generation is: steps over all its jobs, and the time left.
+
+    Attributes:
+        step / total: sampler steps done and to do, over every job of the recipe.
+        seconds_left: estimated from the time per step so far (None before a step).
+    """
+
+    step: int
+    total: int
+    seconds_left: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+    @property
+    def text(self) -> str:
+        """E.g. "Step 3/20 · 4 s left"."""
+        words = f"Step {self.step}/{self.total}"
+        if self.seconds_left is not None:
+            left = round(self.seconds_left)
+            words += f" · {left} s left" if left < 90 else f" · {round(left / 60)} min left"
+        return words
+
+
 @dataclass
 class _RunningJob:
     action: Action
+    started: float
     job_id: str | None = None
     cancelled: bool = False
 
 
 def layer_name(prompt: str, role: protocol.LayerRole, seed: int) -> str:
-    """A result layer's name: the prompt's start, the layer's role and the seed."""
+    """A result layer's name: what tells results apart first (role, seed), then the
+    prompt's start, so the Layers docker's narrow column still shows the difference."""
     text = " ".join(prompt.split())
     if len(text) > 48:
         text = text[:47].rstrip() + "…"
-    return f"{text or 'LayerDiffuse'} ({role.value}, seed {seed})"
+    return f"{role.value} · seed {seed} · {text or 'LayerDiffuse'}"
+
+
+LAYER_PROMPT_SETTINGS = {
+    protocol.LayerRole.FOREGROUND: "foreground_prompt",
+    protocol.LayerRole.BACKGROUND: "background_prompt",
+    protocol.LayerRole.BLENDED: "blended_prompt",
+}
+"""The setting that holds each layer role's prompt."""
+
+
+def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> frozenset[str]:
+    """The generation settings that change what `action` makes on `family` (None: the
+    family is not known yet, so every setting any family reads).
+
+    Always: negative prompt, steps, CFG, seed, sampler, Stop At, fit to native size.
+    Only where they matter: the weight (the SDXL layer models; SD1.5 ignores it), the
+    SDXL transparent model (attention or conv), the layer prompts the recipe's methods
+    read, and "insert blended" for the recipes that make a blended image.
+    """
+    names = {
+        "negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
+        "fit_to_native",
+    }  # fmt: skip
+    families = tuple(protocol.ModelFamily) if family is None else (family,)
+    for each in families:
+        try:
+            plain = recipe_for(action, each)
+            with_blended = recipe_for(action, each, insert_blended=True)
+        except MethodUnavailable:
+            continue
+        if each is protocol.ModelFamily.SDXL:
+            names.add("weight")
+            if action is Action.TRANSPARENT_LAYER:
+                names.add("sdxl_transparent_model")
+        for method in plain.steps:
+            spec = protocol.METHOD_SPECS[method]
+            names.update(LAYER_PROMPT_SETTINGS[role] for role in spec.layer_prompts)
+        if len(with_blended.outputs) > len(plain.outputs):
+            names.add("insert_blended")
+    return frozenset(names)
 
 
 class DockerState:
@@ -103,12 +181,15 @@ class DockerState:
 
     Attributes:
         changed: emitted with an attribute name whenever one of these changes:
-            `settings`, `connection`, `running`, `progress`, `preview`, `message`.
+            `settings`, `connection`, `running`, `progress`, `preview`, `last_seed`,
+            `message`.
         settings: the current settings (replace them through `update_settings`).
         connection / connection_text: the client's state and its sentence.
         running: whether a job is running.
-        progress: 0..1 over all the job's steps, or None.
-        preview: the latest preview (width, height, RGBA8 bytes), or None.
+        progress: the running job's `Progress`, or None.
+        preview: the latest preview (width, height, RGBA8 bytes), or None; it stays
+            after the job until the next one starts.
+        last_seed: the seed of the last inserted result, or None.
         message: the last message to the painter.
     """
 
@@ -119,6 +200,7 @@ class DockerState:
         client: BackendClient,
         spawn: Spawn,
         set_busy: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.changed = Signal()
         self.store = store
@@ -126,12 +208,14 @@ class DockerState:
         self.client = client
         self.spawn = spawn
         self.set_busy = set_busy
+        self.clock = clock
         self.settings = load_settings(store)
         self.connection = client.state
         self.connection_text = client.status
         self.running = False
-        self.progress: float | None = None
+        self.progress: Progress | None = None
         self.preview: tuple[int, int, bytes] | None = None
+        self.last_seed: int | None = None
         self.message = Message()
         self._job: _RunningJob | None = None
         client.on_state = self._on_connection
@@ -171,6 +255,32 @@ class DockerState:
             raise NotConnected(self.client.status)
         return welcome.model.family
 
+    def connection_summary(self) -> str:
+        """The connection in a word or two, for the docker's top row (e.g. "SD1.5 demo")."""
+        welcome = self.client.welcome
+        if self.connection is ConnectionState.CONNECTED and welcome is not None:
+            family = "SD1.5" if welcome.model.family is protocol.ModelFamily.SD15 else "SDXL"
+            return f"{family} demo" if welcome.model.demo else family
+        if self.connection is ConnectionState.CONNECTING:
+            return "Connecting…"
+        return "Offline"
+
+    def known_family(self) -> protocol.ModelFamily | None:
+        """The family the actions would run on, or None while "Automatic" has no backend."""
+        try:
+            return self.family()
+        except NotConnected:
+            return None
+
+    def applicable_settings(self) -> frozenset[str]:
+        """The settings that matter for the docker's method on the current family."""
+        return applicable_settings(Action(self.settings.method), self.known_family())
+
+    def reuse_seed(self) -> None:
+        """Generate with the last result's seed from now on (Random off)."""
+        if self.last_seed is not None:
+            self.update_settings(seed=self.last_seed, random_seed=False)
+
     # Jobs ----------------------------------------------------------------------------------
 
     def generate(self, action: Action) -> asyncio.Future[list[str]] | None:
@@ -189,7 +299,12 @@ class DockerState:
         try:
             if self.client.state is not ConnectionState.CONNECTED:
                 raise NotConnected(self.connection_text)
-            recipe = recipe_for(action, self.family(), self.settings.insert_blended)
+            recipe = recipe_for(
+                action,
+                self.family(),
+                self.settings.insert_blended,
+                protocol.Method(self.settings.sdxl_transparent_model),
+            )
             recipe.check_offered(self.offered_methods())
             capture = self.canvas.capture(recipe.source)
         except PluginError as error:
@@ -197,9 +312,9 @@ class DockerState:
             return None
         settings = self.settings
         seed = random.randrange(0, 2**31) if settings.random_seed else settings.seed
-        self._job = _RunningJob(action)
+        self._job = _RunningJob(action, self.clock())
         self.running = True
-        self.progress = 0.0
+        self.progress = Progress(0, settings.steps * len(recipe.steps))
         self.preview = None
         self._emit("running", "progress", "preview")
         self._say(f"{action.label}: generating…", False)
@@ -244,7 +359,7 @@ class DockerState:
                     preview: tuple[int, int, bytes] | None,
                     index: int = index,
                 ) -> None:
-                    self._on_progress(index, len(recipe.steps), step, total, preview)
+                    self._on_progress(job, index, len(recipe.steps), step, total, preview)
 
                 results = await self.client.run_job(submit, images, on_progress)
                 if job.cancelled:
@@ -263,6 +378,10 @@ class DockerState:
                 for output in recipe.outputs
             ]
             names = await self.canvas.insert(capture, new_layers)
+            self.last_seed = result_seed
+            if settings.random_seed:  # the seed box shows it: untick Random to reuse it
+                self.update_settings(seed=result_seed)
+            self.changed.emit("last_seed")
             self._say(f"Inserted {_quoted(names)}.", False)
         except JobCancelled as error:
             if job.cancelled:
@@ -291,13 +410,17 @@ class DockerState:
 
     def _on_progress(
         self,
+        job: _RunningJob,
         index: int,
         steps: int,
         step: int,
         total: int,
         preview: tuple[int, int, bytes] | None,
     ) -> None:
-        self.progress = (index + step / max(total, 1)) / steps
+        done, all_steps = index * total + step, steps * total
+        elapsed = self.clock() - job.started
+        left = elapsed * (all_steps - done) / done if done else None
+        self.progress = Progress(done, all_steps, left)
         self.changed.emit("progress")
         if preview is not None:
             self.preview = preview

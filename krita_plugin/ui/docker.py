@@ -1,9 +1,19 @@
 """The LayerDiffuse docker: a form bound to `DockerState`.
 
+What a painter needs every time sits at the top and never scrolls: the prompt, what to
+make with the one Generate button (it turns into Cancel while a job runs), the
+connection (a dot and a word; the sentence is its tooltip) and the progress with its
+steps and time left. That is three rows: at Krita's default window size the docker
+shares the right column with three others and gets about 90 px, and anything taller
+would make Krita's window grow. Below it, in a scroll area that never scrolls sideways:
+the last message, the last result (its preview and seed, reusable in one click), then
+the generation settings and the connection settings, each in a section that opens on a
+click. Only the settings that change what the chosen method makes on the current model
+family are shown.
+
 Every widget writes its setting through `DockerState.update_settings` (saved at once in
-Krita's settings) and shows what `DockerState.changed` reports; the buttons call
-`generate` / `cancel`. The docker itself (`docker_class`) only wraps the panel in
-Krita's `DockWidget`.
+Krita's settings) and shows what `DockerState.changed` reports. The docker itself
+(`docker_class`) only wraps the panel in Krita's `DockWidget`.
 """
 
 from __future__ import annotations
@@ -17,25 +27,25 @@ from ..qt import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QFrame,
-    QGroupBox,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     Qt,
     QVBoxLayout,
     QWidget,
 )
-from ..recipes import Action
-from ..settings import FAMILY_AUTO, describe, value_range
+from ..recipes import SDXL_TRANSPARENT_MODELS, Action
+from ..settings import FAMILY_AUTO, describe, shown_range, shown_times, tooltip, unit
 from ..state import DockerState
 from ..vendor import protocol
-from .widgets import ProgressView, SeedBox
+from .widgets import PreviewLabel, ProgressBar, Section, SeedBox, narrow_combo
 
 __all__ = ["DOCKER_ID", "DockerPanel", "docker_class"]
 
@@ -43,20 +53,32 @@ DOCKER_ID = "layerdiffuse_docker"
 TITLE = "LayerDiffuse"
 
 _FAMILY_CHOICES = (
-    (FAMILY_AUTO, "Automatic (the backend's model)"),
+    (FAMILY_AUTO, "Automatic"),
     (protocol.ModelFamily.SD15.value, "SD1.5"),
     (protocol.ModelFamily.SDXL.value, "SDXL"),
+)
+_MAKE_CHOICES = (
+    (Action.TRANSPARENT_LAYER.value, "Transparent layer"),
+    (Action.BACKGROUND.value, "Background for layer"),
+    (Action.FOREGROUND.value, "Foreground into scene"),
+    (Action.TOGETHER.value, "Foreground + background"),
+)
+_SDXL_TRANSPARENT_CHOICES = tuple(
+    (method.value, "Attention" if method.value.endswith("attn") else "Conv")
+    for method in SDXL_TRANSPARENT_MODELS
 )
 _STATUS_COLOURS = {
     ConnectionState.CONNECTED: "#3a9a3a",
     ConnectionState.CONNECTING: "#c89a1a",
     ConnectionState.DISCONNECTED: "#c0392b",
 }
-_QUICK_ACTIONS = (
-    (Action.TRANSPARENT_LAYER, "Layer", "action_transparent_layer"),
-    (Action.BACKGROUND, "Background", "action_background"),
-    (Action.FOREGROUND, "Foreground", "action_foreground"),
-)
+# The generation settings, in the order the Settings section shows them.
+_GENERATION_SETTINGS = (
+    "negative_prompt", "family", "steps", "cfg_scale", "seed", "sampler",
+    "sdxl_transparent_model", "weight", "stop_at", "foreground_prompt", "background_prompt",
+    "blended_prompt", "insert_blended", "fit_to_native",
+)  # fmt: skip
+_ALWAYS_SHOWN = {"family"}
 
 
 def docker_class(get_state: Callable[[], DockerState | None]) -> type[DockWidget]:
@@ -72,11 +94,7 @@ def docker_class(get_state: Callable[[], DockerState | None]) -> type[DockWidget
                 panel = QLabel("LayerDiffuse did not start; see Krita's log.")
             else:
                 panel = DockerPanel(state)
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setFrameShape(QFrame.Shape.NoFrame)
-            scroll.setWidget(panel)
-            self.setWidget(scroll)
+            self.setWidget(panel)
 
         def canvasChanged(self, canvas: Any) -> None:
             """Nothing to do: actions read the active document when triggered."""
@@ -85,102 +103,172 @@ def docker_class(get_state: Callable[[], DockerState | None]) -> type[DockWidget
 
 
 class DockerPanel(QWidget):
-    """The docker's content: settings, status, buttons, progress and the last message."""
+    """The docker's content: the fixed top, and the scrolled result and settings."""
 
     def __init__(self, state: DockerState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
+        self._rows: dict[str, tuple[QWidget | None, QWidget]] = {}
+        self._value_widgets: dict[str, QWidget] = {}
         self._build()
         self._show_settings()
-        for name in ("connection", "running", "progress", "preview", "message"):
+        for name in ("connection", "running", "progress", "preview", "last_seed", "message"):
             self._on_changed(name)
         state.changed.connect(self._on_changed)
 
     # Building ------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(2)
+        layout.addWidget(self._build_top())
+        scroll = QScrollArea(self)
+        scroll.setObjectName("settings_scroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(self._build_below())
+        # The top alone sets the docker's smallest height (0 would mean "use the hint").
+        scroll.setMinimumHeight(1)
+        layout.addWidget(scroll, 1)
 
-        self.server_url = self._line("server_url", form)
-        self.token = self._line("token", form)
-        self.token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.connection_status = QLabel(self)
+    def _build_top(self) -> QWidget:
+        """Prompt, what to make, Generate / Cancel, progress, connection, message."""
+        top = QWidget(self)
+        top.setObjectName("top")
+        layout = QVBoxLayout(top)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+
+        self.prompt = QPlainTextEdit(top)
+        self.prompt.setObjectName("prompt")
+        self.prompt.setPlaceholderText("Prompt: what to generate")
+        self.prompt.setToolTip(tooltip("prompt"))
+        self.prompt.setTabChangesFocus(True)
+        self.prompt.setFixedHeight(self.prompt.fontMetrics().lineSpacing() * 2 + 10)
+        self.prompt.textChanged.connect(
+            lambda: self.state.update_settings(prompt=self.prompt.toPlainText())
+        )
+        self._value_widgets["prompt"] = self.prompt
+        layout.addWidget(self.prompt)
+
+        row = QHBoxLayout()
+        self.method = self._combo("method", _MAKE_CHOICES, top)
+        self.method.setToolTip(
+            "What Generate makes. The same four are actions in Tools ▸ Scripts, where "
+            "each can have a shortcut"
+        )
+        row.addWidget(self.method, 1)
+        self.generate = QPushButton("Generate", top)
+        self.generate.setObjectName("generate")
+        self.generate.clicked.connect(self._generate_or_cancel)
+        row.addWidget(self.generate)
+        layout.addLayout(row)
+
+        row = QHBoxLayout()
+        self.connection_status = QLabel(top)
         self.connection_status.setObjectName("connection_status")
-        self.connection_status.setWordWrap(True)
-        form.addRow(self.connection_status)
+        row.addWidget(self.connection_status)
+        self.progress = ProgressBar(top)
+        row.addWidget(self.progress, 1)
+        layout.addLayout(row)
+        return top
 
-        self.prompt = self._text("prompt", form, lines=3)
-        self.negative_prompt = self._text("negative_prompt", form, lines=2)
-        self.family = self._combo("family", form, _FAMILY_CHOICES)
-        self.method = self._combo("method", form, [(a.value, a.label) for a in Action])
-        self.steps = self._spin("steps", form)
-        self.cfg_scale = self._double("cfg_scale", form, step=0.5, decimals=1)
-        self.seed = SeedBox(self)
+    def _build_below(self) -> QWidget:
+        """The last result, then the Settings and Connection sections."""
+        below = QWidget(self)
+        below.setObjectName("below")
+        below.setMinimumWidth(0)
+        layout = QVBoxLayout(below)
+        layout.setContentsMargins(0, 0, 0, 0)
+
+        self.message = self._label("message", below)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.message)
+        self.preview = PreviewLabel(below)
+        layout.addWidget(self.preview)
+        result = QHBoxLayout()
+        self.last_seed = self._label("last_seed", below)
+        self.reuse_seed = QPushButton("Reuse seed", below)
+        self.reuse_seed.setObjectName("reuse_seed")
+        self.reuse_seed.setToolTip("Generate with this seed again (turns Random off)")
+        self.reuse_seed.clicked.connect(self.state.reuse_seed)
+        result.addWidget(self.last_seed, 1)
+        result.addWidget(self.reuse_seed)
+        layout.addLayout(result)
+
+        settings = Section("Settings", "settings_open", below)
+        settings.toggled.connect(lambda open_: self.state.update_settings(settings_open=open_))
+        form = _Form(settings.content)
+        self._add_text("negative_prompt", form, lines=2)
+        self._add_row("family", self._combo("family", _FAMILY_CHOICES), form)
+        self._add_row("steps", self._spin("steps"), form)
+        self._add_row("cfg_scale", self._double("cfg_scale", step=0.5, decimals=1), form)
+        self.seed = SeedBox(settings.content)
+        self.seed.setToolTip(tooltip("seed"))
         self.seed.seedChanged.connect(lambda value: self.state.update_settings(seed=value))
         self.seed.randomChanged.connect(lambda value: self.state.update_settings(random_seed=value))
-        self._add_row(form, "seed", self.seed)
-        self.sampler = self._combo(
-            "sampler", form, [(sampler.value, sampler.label) for sampler in protocol.Sampler]
+        self._add_row("seed", self.seed, form)
+        samplers = [(sampler.value, sampler.label) for sampler in protocol.Sampler]
+        self._add_row("sampler", self._combo("sampler", samplers), form)
+        self._add_row(
+            "sdxl_transparent_model",
+            self._combo("sdxl_transparent_model", _SDXL_TRANSPARENT_CHOICES),
+            form,
         )
-        self.weight = self._double("weight", form, step=0.05, decimals=2)
-        self.stop_at = self._double("stop_at", form, step=0.05, decimals=2)
+        self._add_row("weight", self._double("weight", step=0.05, decimals=2), form)
+        self._add_row("stop_at", self._double("stop_at", step=5, decimals=0), form)
+        for name in ("foreground_prompt", "background_prompt", "blended_prompt"):
+            self._add_row(name, self._line(name, typing=True), form)
+        self.insert_blended = self._check("insert_blended", settings.content)
+        self.fit_to_native = self._check("fit_to_native", settings.content)
+        form.add_wide(self.insert_blended)
+        form.add_wide(self.fit_to_native)
+        self.settings_section = settings
+        layout.addWidget(settings)
 
-        layer_prompts = QGroupBox("Layer prompts", self)
-        layer_prompts.setObjectName("layer_prompts")
-        layer_prompts.setToolTip("Extra words for one layer of the foreground/background methods")
-        inner = QFormLayout(layer_prompts)
-        self.foreground_prompt = self._line("foreground_prompt", inner, typing=True)
-        self.background_prompt = self._line("background_prompt", inner, typing=True)
-        self.blended_prompt = self._line("blended_prompt", inner, typing=True)
-
-        self.insert_blended = self._check("insert_blended")
-        self.fit_to_native = self._check("fit_to_native")
-
-        self.generate = QPushButton("Generate", self)
-        self.generate.setObjectName("generate")
-        self.generate.setToolTip("Run the chosen method on the active layer or the selection")
-        self.generate.clicked.connect(self._generate_chosen)
-        self.cancel = QPushButton("Cancel", self)
-        self.cancel.setObjectName("cancel")
-        self.cancel.clicked.connect(self.state.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.generate, 2)
-        buttons.addWidget(self.cancel, 1)
-
-        quick = QHBoxLayout()
-        self.quick_buttons: list[QPushButton] = []
-        for action, text, name in _QUICK_ACTIONS:
-            button = QPushButton(text, self)
-            button.setObjectName(name)
-            button.setToolTip(action.label)
-            button.clicked.connect(lambda _=False, action=action: self.state.generate(action))
-            quick.addWidget(button)
-            self.quick_buttons.append(button)
-
-        self.progress = ProgressView(self)
-        self.message = QLabel(self)
-        self.message.setObjectName("message")
-        self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(layer_prompts)
-        layout.addWidget(self.insert_blended)
-        layout.addWidget(self.fit_to_native)
-        layout.addLayout(buttons)
-        layout.addLayout(quick)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.message)
+        connection = Section("Connection", "connection_open", below)
+        connection.toggled.connect(lambda open_: self.state.update_settings(connection_open=open_))
+        form = _Form(connection.content)
+        self._add_row("server_url", self._line("server_url"), form)
+        self.token = self._line("token")
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self._add_row("token", self.token, form)
+        self.connection_section = connection
+        layout.addWidget(connection)
         layout.addStretch(1)
+        return below
 
-    def _add_row(self, form: QFormLayout, name: str, widget: QWidget) -> None:
-        label, help = describe(name)
-        widget.setToolTip(help)
-        form.addRow(label, widget)
+    def _label(self, name: str, parent: QWidget) -> QLabel:
+        label = QLabel(parent)
+        label.setObjectName(name)
+        label.setWordWrap(True)
+        # Wrapped text may shrink to the column's width instead of widening the docker.
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        return label
 
-    def _line(self, name: str, form: QFormLayout, typing: bool = False) -> QLineEdit:
+    def _add_row(self, name: str, widget: QWidget, form: _Form) -> None:
+        """A setting's label beside its field. The prompts drop the word "prompt"
+        ("Negative", "Foreground"): a longer label column would make the docker wider
+        than Krita's dock column; the tooltips say the whole."""
+        label_text, _ = describe(name)
+        label = QLabel(label_text.removesuffix(" prompt"), widget.parentWidget())
+        label.setToolTip(tooltip(name))
+        widget.setToolTip(tooltip(name))
+        form.add_row(label, widget)
+        self._rows[name] = (label, widget)
+
+    def _add_text(self, name: str, form: _Form, lines: int) -> None:
+        edit = QPlainTextEdit(self)
+        edit.setObjectName(name)
+        edit.setTabChangesFocus(True)
+        edit.setFixedHeight(edit.fontMetrics().lineSpacing() * lines + 12)
+        edit.textChanged.connect(lambda: self.state.update_settings(**{name: edit.toPlainText()}))
+        self._value_widgets[name] = edit
+        self._add_row(name, edit, form)
+
+    def _line(self, name: str, typing: bool = False) -> QLineEdit:
         """A one-line text setting; saved as typed, or (address, token) when done editing."""
         edit = QLineEdit(self)
         edit.setObjectName(name)
@@ -190,71 +278,63 @@ class DockerPanel(QWidget):
             edit.editingFinished.connect(
                 lambda: self.state.update_settings(**{name: edit.text().strip()})
             )
-        self._add_row(form, name, edit)
+        self._value_widgets[name] = edit
         return edit
 
-    def _text(self, name: str, form: QFormLayout, lines: int) -> QPlainTextEdit:
-        edit = QPlainTextEdit(self)
-        edit.setObjectName(name)
-        edit.setTabChangesFocus(True)
-        height = edit.fontMetrics().lineSpacing() * lines + 12
-        edit.setFixedHeight(height)
-        edit.textChanged.connect(lambda: self.state.update_settings(**{name: edit.toPlainText()}))
-        self._add_row(form, name, edit)
-        return edit
-
-    def _combo(self, name: str, form: QFormLayout, choices: Any) -> QComboBox:
-        combo = QComboBox(self)
+    def _combo(self, name: str, choices: Any, parent: QWidget | None = None) -> QComboBox:
+        combo = narrow_combo(parent or self)
         combo.setObjectName(name)
         for value, text in choices:
             combo.addItem(text, value)
         combo.currentIndexChanged.connect(
             lambda _: self.state.update_settings(**{name: combo.currentData()})
         )
-        self._add_row(form, name, combo)
+        self._value_widgets[name] = combo
         return combo
 
-    def _spin(self, name: str, form: QFormLayout) -> QSpinBox:
+    def _spin(self, name: str) -> QSpinBox:
         spin = QSpinBox(self)
         spin.setObjectName(name)
-        low, high = value_range(name)
+        low, high = shown_range(name)
         spin.setRange(int(low), int(high))
         spin.valueChanged.connect(lambda value: self.state.update_settings(**{name: value}))
-        self._add_row(form, name, spin)
+        self._value_widgets[name] = spin
         return spin
 
-    def _double(self, name: str, form: QFormLayout, step: float, decimals: int) -> QDoubleSpinBox:
+    def _double(self, name: str, step: float, decimals: int) -> QDoubleSpinBox:
+        """A number shown times its factor (Stop At as %), in its unit."""
         spin = QDoubleSpinBox(self)
         spin.setObjectName(name)
-        low, high = value_range(name)
+        low, high = shown_range(name)
         spin.setRange(low, high)
         spin.setSingleStep(step)
         spin.setDecimals(decimals)
-        spin.valueChanged.connect(lambda value: self.state.update_settings(**{name: value}))
-        self._add_row(form, name, spin)
+        if unit(name):
+            spin.setSuffix(f" {unit(name)}")
+        factor = shown_times(name)
+        spin.valueChanged.connect(
+            lambda value: self.state.update_settings(**{name: value / factor})
+        )
+        self._value_widgets[name] = spin
         return spin
 
-    def _check(self, name: str) -> QCheckBox:
-        label, help = describe(name)
-        box = QCheckBox(label, self)
+    def _check(self, name: str, parent: QWidget) -> QCheckBox:
+        label, _ = describe(name)
+        box = QCheckBox(label, parent)
         box.setObjectName(name)
-        box.setToolTip(help)
+        box.setToolTip(tooltip(name))
         box.toggled.connect(lambda value: self.state.update_settings(**{name: value}))
+        self._value_widgets[name] = box
+        self._rows[name] = (None, box)
         return box
 
     # Showing -------------------------------------------------------------------------------
 
     def _show_settings(self) -> None:
         settings = self.state.settings
-        widgets: list[QWidget] = [
-            self.server_url, self.token, self.prompt, self.negative_prompt, self.family,
-            self.method, self.steps, self.cfg_scale, self.sampler, self.weight, self.stop_at,
-            self.foreground_prompt, self.background_prompt, self.blended_prompt,
-            self.insert_blended, self.fit_to_native,
-        ]  # fmt: skip
-        for widget in widgets:
+        for name, widget in self._value_widgets.items():
             widget.blockSignals(True)
-            value = getattr(settings, widget.objectName())
+            value = getattr(settings, name)
             if isinstance(widget, QLineEdit):
                 if widget.text() != value:  # setText would move the cursor while typing
                     widget.setText(value)
@@ -266,10 +346,25 @@ class DockerPanel(QWidget):
                 widget.setCurrentIndex(max(index, 0))
             elif isinstance(widget, QCheckBox):
                 widget.setChecked(value)
+            elif isinstance(widget, QDoubleSpinBox):
+                widget.setValue(value * shown_times(name))
             else:
                 widget.setValue(value)
             widget.blockSignals(False)
         self.seed.set_values(settings.seed, settings.random_seed)
+        self.settings_section.set_open(settings.settings_open)
+        self.connection_section.set_open(settings.connection_open)
+        self._show_applicable()
+
+    def _show_applicable(self) -> None:
+        """Only the settings that change what the chosen method makes on this family."""
+        applicable = self.state.applicable_settings() | _ALWAYS_SHOWN
+        for name in _GENERATION_SETTINGS:
+            label, widget = self._rows[name]
+            shown = name in applicable
+            widget.setVisible(shown)
+            if label is not None:
+                label.setVisible(shown)
 
     def _on_changed(self, name: str) -> None:
         state = self.state
@@ -278,30 +373,79 @@ class DockerPanel(QWidget):
         elif name == "connection":
             colour = _STATUS_COLOURS[state.connection]
             self.connection_status.setText(
-                f'<span style="color:{colour}">●</span> {_escape(state.connection_text)}'
+                f'<span style="color:{colour}">●</span> {_escape(state.connection_summary())}'
             )
+            self.connection_status.setToolTip(state.connection_text)
             self._enable_buttons()
+            self._show_applicable()  # "Automatic" follows the backend's family
+            self._show_message()
         elif name == "running":
             self._enable_buttons()
         elif name == "progress":
             self.progress.set_progress(state.progress)
         elif name == "preview":
-            self.progress.set_preview(state.preview)
+            self.preview.set_preview(state.preview)
+        elif name == "last_seed":
+            seed = state.last_seed
+            self.last_seed.setText("" if seed is None else f"Last result: seed {seed}")
+            self.last_seed.setVisible(seed is not None)
+            self.reuse_seed.setVisible(seed is not None)
         elif name == "message":
-            message = state.message
-            colour = "#c0392b" if message.is_error else "palette(text)"
-            self.message.setStyleSheet(f"color: {colour}")
-            self.message.setText(message.text)
+            self._show_message()
+
+    def _show_message(self) -> None:
+        """The last message; while there is no connection and no message, why not."""
+        state = self.state
+        message = state.message
+        text, is_error = message.text, message.is_error
+        if not text and state.connection is ConnectionState.DISCONNECTED:
+            text, is_error = state.connection_text, True
+        colour = "#c0392b" if is_error else "palette(text)"
+        self.message.setStyleSheet(f"color: {colour}")
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
 
     def _enable_buttons(self) -> None:
-        ready = self.state.connection is ConnectionState.CONNECTED and not self.state.running
-        self.generate.setEnabled(ready)
-        for button in self.quick_buttons:
-            button.setEnabled(ready)
-        self.cancel.setEnabled(self.state.running)
+        state = self.state
+        if state.running:
+            self.generate.setText("Cancel")
+            self.generate.setToolTip("Stop the running generation; nothing is inserted")
+            self.generate.setEnabled(True)
+            return
+        self.generate.setText("Generate")
+        connected = state.connection is ConnectionState.CONNECTED
+        self.generate.setEnabled(connected)
+        self.generate.setToolTip(
+            "Run the chosen method on the active layer or the selection"
+            if connected
+            else state.connection_text
+        )
 
-    def _generate_chosen(self) -> None:
-        self.state.generate(Action(self.state.settings.method))
+    def _generate_or_cancel(self) -> None:
+        if self.state.running:
+            self.state.cancel()
+        else:
+            self.state.generate(Action(self.state.settings.method))
+
+
+class _Form:
+    """Labels beside their fields, in a grid: a hidden row takes no space at all (a
+    QFormLayout keeps the spacing of hidden rows in Qt 5)."""
+
+    def __init__(self, parent: QWidget) -> None:
+        self.grid = QGridLayout(parent)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setColumnStretch(1, 1)
+        self.rows = 0
+
+    def add_row(self, label: QWidget, field: QWidget) -> None:
+        self.grid.addWidget(label, self.rows, 0)
+        self.grid.addWidget(field, self.rows, 1)
+        self.rows += 1
+
+    def add_wide(self, widget: QWidget) -> None:
+        self.grid.addWidget(widget, self.rows, 0, 1, 2)
+        self.rows += 1
 
 
 def _escape(text: str) -> str:

@@ -1,10 +1,12 @@
-"""Small widgets of the docker: seed box, progress with preview, checkerboard preview."""
+"""Small widgets of the docker: seed box, progress bar, preview over a checkerboard,
+sections that open and close, narrow combo boxes."""
 
 from __future__ import annotations
 
 from ..qt import (
     QCheckBox,
     QColor,
+    QComboBox,
     QHBoxLayout,
     QImage,
     QLabel,
@@ -13,12 +15,14 @@ from ..qt import (
     QProgressBar,
     QSpinBox,
     Qt,
+    QToolButton,
     QVBoxLayout,
     QWidget,
     pyqtSignal,
 )
+from ..state import Progress
 
-__all__ = ["ProgressView", "SeedBox", "preview_pixmap"]
+__all__ = ["PreviewLabel", "ProgressBar", "Section", "SeedBox", "narrow_combo", "preview_pixmap"]
 
 MAX_SEED = 2**31 - 1
 """The largest seed the box takes (QSpinBox holds a signed 32-bit integer)."""
@@ -35,6 +39,9 @@ class SeedBox(QWidget):
         self.number = QSpinBox(self)
         self.number.setObjectName("seed")
         self.number.setRange(0, MAX_SEED)
+        # Narrower than its ten digits want, so the row fits Krita's dock column; the
+        # column still leaves it room for them.
+        self.number.setMinimumWidth(self.number.fontMetrics().horizontalAdvance("0") * 6 + 24)
         self.random = QCheckBox("Random", self)
         self.random.setObjectName("random_seed")
         self.random.setToolTip("Pick a new seed for every generation; the layer name keeps it")
@@ -78,35 +85,96 @@ def preview_pixmap(width: int, height: int, rgba: bytes, side: int) -> QPixmap:
     return board
 
 
-class ProgressView(QWidget):
-    """A progress bar and the latest preview of the running job."""
-
-    PREVIEW_SIDE = 160
+class ProgressBar(QProgressBar):
+    """The running job's progress, with its step count and time left as text."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.bar = QProgressBar(self)
-        self.bar.setObjectName("progress")
-        self.bar.setRange(0, 1000)
-        self.bar.setTextVisible(False)
-        self.preview = QLabel(self)
-        self.preview.setObjectName("preview")
-        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumHeight(self.PREVIEW_SIDE // 2)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.preview)
+        self.setObjectName("progress")
+        self.setRange(0, 1000)
         self.set_progress(None)
 
-    def set_progress(self, fraction: float | None) -> None:
-        """Show progress 0..1, or an idle bar for None."""
-        self.bar.setValue(0 if fraction is None else round(fraction * 1000))
+    def set_progress(self, progress: Progress | None) -> None:
+        """Show a job's progress, or an empty bar between jobs."""
+        if progress is None:
+            self.setValue(0)
+            self.setTextVisible(False)
+            return
+        self.setValue(round(progress.fraction * 1000))
+        self.setFormat(progress.text)
+        self.setTextVisible(True)
+
+
+class PreviewLabel(QLabel):
+    """The latest preview over a checkerboard; it stays until the next job's first one."""
+
+    SIDE = 160
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("preview")
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setVisible(False)
 
     def set_preview(self, preview: tuple[int, int, bytes] | None) -> None:
-        """Show a preview (width, height, RGBA8 bytes), or clear it."""
+        """Show a preview (width, height, RGBA8 bytes), or nothing."""
         if preview is None:
-            self.preview.clear()
+            self.clear()
+            self.setVisible(False)
             return
         width, height, rgba = preview
-        self.preview.setPixmap(preview_pixmap(width, height, rgba, self.PREVIEW_SIDE))
+        self.setPixmap(preview_pixmap(width, height, rgba, self.SIDE))
+        self.setVisible(True)
+
+
+class Section(QWidget):
+    """A titled part of the docker that opens and closes on a click of its title.
+
+    Signals:
+        toggled(bool): the painter opened (True) or closed it.
+    """
+
+    toggled = pyqtSignal(bool)
+
+    def __init__(self, title: str, name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.button = QToolButton(self)
+        self.button.setObjectName(f"{name}_button")
+        self.button.setText(title)
+        self.button.setCheckable(True)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.button.setAutoRaise(True)
+        self.content = QWidget(self)
+        self.content.setObjectName(f"{name}_content")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.button)
+        layout.addWidget(self.content)
+        self.button.toggled.connect(self._toggled)
+        self.set_open(False)
+
+    def set_open(self, open_: bool) -> None:
+        """Open or close without emitting `toggled`."""
+        self.button.blockSignals(True)
+        self.button.setChecked(open_)
+        self.button.blockSignals(False)
+        self._show(open_)
+
+    def _toggled(self, open_: bool) -> None:
+        self._show(open_)
+        self.toggled.emit(open_)
+
+    def _show(self, open_: bool) -> None:
+        self.button.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
+        self.content.setVisible(open_)
+
+
+def narrow_combo(parent: QWidget | None = None) -> QComboBox:
+    """A combo box as narrow as the column allows: its longest item does not set the
+    docker's width (the popup still shows whole items)."""
+    combo = QComboBox(parent)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(6)
+    return combo

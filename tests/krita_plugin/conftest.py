@@ -32,6 +32,8 @@ class DemoServer:
     process: subprocess.Popen[str]
     port: int
     log: Path
+    token: str | None = None
+    family: str = "sd15"
 
     @property
     def url(self) -> str:
@@ -48,6 +50,12 @@ class DemoServer:
                 self.process.wait(5)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+    def restart(self, folder: Path) -> None:
+        """Stop this backend and start a new one (a new session) on the same port."""
+        self.stop()
+        new = start_demo_server(folder, self.port, self.token, self.family)
+        self.process, self.log = new.process, new.log
 
 
 def start_demo_server(
@@ -99,7 +107,7 @@ def start_demo_server(
                 break
             match = LISTENING.search(line)
             if match:
-                return DemoServer(process, int(match.group(1)), log)
+                return DemoServer(process, int(match.group(1)), log, token, family)
     finally:
         selector.close()
     DemoServer(process, 0, log).stop()

@@ -107,3 +107,13 @@ def test_krita_actions_cover_the_three_actions_and_cancel() -> None:
         Action.FOREGROUND,
         None,
     ]
+
+
+def test_the_sdxl_transparent_layer_runs_attention_or_conv_as_chosen() -> None:
+    conv = recipe_for(Action.TRANSPARENT_LAYER, SDXL, sdxl_transparent=Method.SDXL_TRANSPARENT_CONV)
+    assert conv.steps == (Method.SDXL_TRANSPARENT_CONV,)
+    # SD1.5 has one transparent model; the choice does not apply there.
+    sd15 = recipe_for(Action.TRANSPARENT_LAYER, SD15, sdxl_transparent=Method.SDXL_TRANSPARENT_CONV)
+    assert sd15.steps == (Method.SD15_TRANSPARENT,)
+    with pytest.raises(ValueError, match="not an SDXL transparent method"):
+        recipe_for(Action.TRANSPARENT_LAYER, SDXL, sdxl_transparent=Method.SDXL_FG_TO_BLEND)

@@ -7,7 +7,15 @@ import logging
 
 import pytest
 
-from krita_plugin.settings import Settings, describe, load_settings, save_settings, value_range
+from krita_plugin.settings import (
+    Settings,
+    describe,
+    load_settings,
+    save_settings,
+    shown_range,
+    tooltip,
+    value_range,
+)
 
 
 class DictStore:
@@ -95,3 +103,18 @@ def test_every_setting_has_a_label_and_help() -> None:
     assert describe("stop_at")[0] == "Stop At"
     assert value_range("steps") == (1, 150)
     assert value_range("cfg_scale") == (1.0, 30.0)
+
+
+def test_tooltips_give_the_range_in_the_unit_the_docker_shows() -> None:
+    assert tooltip("steps") == "Sampler steps (1–150 steps)"
+    assert tooltip("weight").endswith("(0–2 ×)")
+    # Stop At is kept as a fraction and shown as a percentage.
+    assert value_range("stop_at") == (0.0, 1.0)
+    assert shown_range("stop_at") == (0.0, 100.0)
+    assert tooltip("stop_at").endswith("(0–100 %)")
+    assert tooltip("prompt") == "What to generate"  # no range, no parentheses
+    for field in dataclasses.fields(Settings):
+        low, high = field.metadata["minimum"], field.metadata["maximum"]
+        if low is not None:
+            assert f"{shown_range(field.name)[0]:g}–" in tooltip(field.name), field.name
+            assert high is not None

@@ -18,7 +18,7 @@ from krita_plugin.errors import DocumentClosed, PluginError, UnsupportedDocument
 from krita_plugin.geometry import Bounds
 from krita_plugin.placement import Capture, InputSource, NewLayer, Placement
 from krita_plugin.recipes import Action
-from krita_plugin.state import DockerState, Message, layer_name
+from krita_plugin.state import DockerState, Message, Progress, applicable_settings, layer_name
 from protocol import (
     DEFAULT_LIMITS,
     METHOD_SPECS,
@@ -122,7 +122,7 @@ def test_each_action_inserts_its_layers_where_they_belong(
             names = await task
             assert canvas.captures == [source]
             assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
-                (f"a glass cup ({role}, seed 11)", placement) for role, placement in expected
+                (f"{role} · seed 11 · a glass cup", placement) for role, placement in expected
             ]
             assert names == [layer.name for layer in canvas.inserted]
             assert all(layer.visible for layer in canvas.inserted)
@@ -145,8 +145,8 @@ def test_the_blended_image_is_also_inserted_hidden_when_asked(demo_server: DemoS
             state = new_state(client, canvas, insert_blended="true")
             await state.generate(Action.BACKGROUND)
             assert [(layer.name, layer.placement, layer.visible) for layer in canvas.inserted] == [
-                ("a glass cup (background, seed 11)", Placement.BELOW, True),
-                ("a glass cup (blended, seed 11)", Placement.BELOW, False),
+                ("background · seed 11 · a glass cup", Placement.BELOW, True),
+                ("blended · seed 11 · a glass cup", Placement.BELOW, False),
             ]
 
     run(scenario)
@@ -162,7 +162,15 @@ def test_a_random_seed_is_picked_and_named(demo_server: DemoServer) -> None:
             await state.generate(Action.TRANSPARENT_LAYER)
             first, second = (layer.name for layer in canvas.inserted)
             assert first != second
-            assert first.startswith("a glass cup (foreground, seed ")
+            assert first.startswith("foreground · seed ") and first.endswith(" · a glass cup")
+            # The seed box shows the last seed used: unticking Random reuses it.
+            used = int(second.split(" · ")[1].removeprefix("seed "))
+            assert state.last_seed == used == state.settings.seed
+            assert state.settings.random_seed
+            state.reuse_seed()
+            assert (state.settings.seed, state.settings.random_seed) == (used, False)
+            await state.generate(Action.TRANSPARENT_LAYER)
+            assert canvas.inserted[-1].name == second
 
     run(scenario)
 
@@ -175,7 +183,7 @@ def test_cancel_inserts_nothing(demo_server: DemoServer) -> None:
             state = new_state(client, canvas, steps="150")
             task = state.generate(Action.TRANSPARENT_LAYER)
             assert task is not None
-            await wait_for(lambda: (state.progress or 0) > 0)
+            await wait_for(lambda: state.progress is not None and state.progress.step > 0)
             state.cancel()
             assert state.message == Message("Cancelling…")
             assert await task == []
@@ -315,7 +323,7 @@ def test_an_sdxl_backend_runs_the_sdxl_recipes(
             assert not state.message.is_error, state.message
             assert canvas.captures == [source]
             assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
-                (f"a glass cup ({role}, seed 11)", placement) for role, placement in expected
+                (f"{role} · seed 11 · a glass cup", placement) for role, placement in expected
             ]
             assert all(layer_size(layer) == 40 * 30 for layer in canvas.inserted)
 
@@ -396,7 +404,7 @@ def test_sdxl_layer_actions_chain_two_methods(
         assert roles[LayerRole.BLENDED] == bytes([1]) * (40 * 30 * 4)  # the first step's output
         assert {s.request.seed for s, _ in backend.submits} == {11}
         assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
-            (f"a glass cup ({role}, seed 11)", placement)
+            (f"{role} · seed 11 · a glass cup", placement)
         ]
         assert canvas.inserted[0].pixels == bytes([2]) * (40 * 30 * 4)
 
@@ -407,9 +415,103 @@ def canvas_pixels() -> bytes:
     return bytes((30, 60, 90, 255)) * (REGION.width * REGION.height)
 
 
-def test_layer_names_carry_prompt_role_and_seed() -> None:
-    assert layer_name("a glass cup", LayerRole.FOREGROUND, 7) == "a glass cup (foreground, seed 7)"
-    assert layer_name("", LayerRole.BACKGROUND, 1) == "LayerDiffuse (background, seed 1)"
+def test_layer_names_start_with_role_and_seed_then_the_prompt() -> None:
+    assert layer_name("a glass cup", LayerRole.FOREGROUND, 7) == "foreground · seed 7 · a glass cup"
+    assert layer_name("", LayerRole.BACKGROUND, 1) == "background · seed 1 · LayerDiffuse"
     long = layer_name("word " * 30 + "\nnext line", LayerRole.BLENDED, 3)
-    assert long.endswith("… (blended, seed 3)")
+    assert long.startswith("blended · seed 3 · word word") and long.endswith("…")
     assert "\n" not in long and len(long) < 80
+
+
+class SteppingBackend(RecordingBackend):
+    """The recording backend, reporting three steps per job while a fake clock ticks."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seen: list[Any] = []
+
+    async def run_job(
+        self, submit: Submit, images: dict[str, bytes], on_progress: Any = None
+    ) -> list[JobResult]:
+        for step in (1, 2, 3):
+            self.clock[0] += 2.0  # two seconds per step
+            on_progress(step, 3, None)
+            self.seen.append(self.state_under_test.progress)  # type: ignore[attr-defined]
+        return await super().run_job(submit, images, on_progress)
+
+
+def test_progress_counts_the_steps_of_every_job_and_the_time_left() -> None:
+    async def scenario() -> None:
+        clock = [100.0]
+        backend = SteppingBackend(clock)
+        state = DockerState(
+            DictStore({**SETTINGS, "steps": "3"}),
+            FakeCanvas(),
+            backend,  # type: ignore[arg-type]
+            asyncio.ensure_future,
+            clock=lambda: clock[0],
+        )
+        backend.state_under_test = state  # type: ignore[attr-defined]
+        task = state.generate(Action.BACKGROUND)  # SDXL: two jobs of three steps
+        assert state.progress == Progress(0, 6)
+        assert state.progress.text == "Step 0/6"
+        await task
+        assert [(p.step, p.total) for p in backend.seen] == [(i, 6) for i in range(1, 7)]
+        assert [p.seconds_left for p in backend.seen] == [10.0, 8.0, 6.0, 4.0, 2.0, 0.0]
+        assert backend.seen[1].text == "Step 2/6 · 8 s left"
+        assert state.progress is None  # between jobs the bar is empty
+        assert Progress(1, 100, 400.0).text == "Step 1/100 · 7 min left"
+
+    run(scenario)
+
+
+def test_the_sdxl_transparent_model_is_the_painters_choice() -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        state = new_state(backend, FakeCanvas())
+        await state.generate(Action.TRANSPARENT_LAYER)
+        state.update_settings(sdxl_transparent_model="sdxl_transparent_conv")
+        await state.generate(Action.TRANSPARENT_LAYER)
+        assert [s.request.method for s, _ in backend.submits] == [
+            Method.SDXL_TRANSPARENT_ATTN,
+            Method.SDXL_TRANSPARENT_CONV,
+        ]
+
+    run(scenario)
+
+
+ALWAYS = {"negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
+          "fit_to_native"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("action", "family", "extra"),
+    [
+        (Action.TRANSPARENT_LAYER, ModelFamily.SD15, set()),
+        (Action.TRANSPARENT_LAYER, ModelFamily.SDXL, {"weight", "sdxl_transparent_model"}),
+        (Action.BACKGROUND, ModelFamily.SD15,
+         {"background_prompt", "blended_prompt", "insert_blended"}),
+        (Action.BACKGROUND, ModelFamily.SDXL, {"weight", "insert_blended"}),
+        (Action.FOREGROUND, ModelFamily.SD15,
+         {"foreground_prompt", "blended_prompt", "insert_blended"}),
+        (Action.TOGETHER, ModelFamily.SD15,
+         {"foreground_prompt", "background_prompt", "blended_prompt", "insert_blended"}),
+        (Action.TOGETHER, ModelFamily.SDXL, set()),  # no SDXL method: only the common ones
+        (Action.TRANSPARENT_LAYER, None, {"weight", "sdxl_transparent_model"}),
+    ],
+)  # fmt: skip
+def test_only_the_settings_that_apply_are_offered(
+    action: Action, family: ModelFamily | None, extra: set[str]
+) -> None:
+    assert applicable_settings(action, family) == ALWAYS | extra
+
+
+def test_the_connection_in_a_word_follows_the_backend() -> None:
+    backend = RecordingBackend()
+    state = new_state(backend, FakeCanvas())
+    assert state.connection_summary() == "SDXL"
+    assert state.known_family() is ModelFamily.SDXL
+    backend.state = ConnectionState.DISCONNECTED
+    state.connection = ConnectionState.DISCONNECTED
+    assert state.connection_summary() == "Offline"

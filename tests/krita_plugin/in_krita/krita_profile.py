@@ -129,6 +129,7 @@ def run_in_process_group(
     log: Path,
     started: Callable[[], bool] | None = None,
     startup_timeout: float = 90.0,
+    while_running: Callable[[], None] | None = None,
 ) -> int:
     """Run a command in its own process group (ours), killing the group on a timeout.
 
@@ -136,6 +137,8 @@ def run_in_process_group(
         started: polled while the command runs; if it is not true within
             `startup_timeout`, the command is taken as stuck (a plugin that did not load
             never quits Krita) and killed early.
+        while_running: called every quarter second while the command runs (the test's
+            side of a scenario, e.g. restarting the backend when Krita asks).
 
     Returns:
         The exit status (124 after a timeout, like `timeout`).
@@ -155,6 +158,8 @@ def run_in_process_group(
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(10)
                     return 124
+                if while_running is not None:
+                    while_running()
                 time.sleep(0.25)
             return process.returncode
         except BaseException:

@@ -104,19 +104,40 @@ def run_krita(
         }
     )
     results = folder / "results.json"
+    restart_request = folder / "restart-backend"
     screenshot = folder / "docker.png"
+    window_screenshot = folder / "window.png"
     environment = profile.environment(
         LAYERDIFFUSE_TEST_RESULTS=str(results),
         LAYERDIFFUSE_SCREENSHOT=str(screenshot),
+        LAYERDIFFUSE_WINDOW_SCREENSHOT=str(window_screenshot),
+        LAYERDIFFUSE_RESTART_REQUEST=str(restart_request),
         LAYERDIFFUSE_TEST_SCENARIO=scenario,
     )
     command = [
         "timeout", "--kill-after=10", str(KRITA_TIMEOUT),
         xvfb_run, "-a", "-s", "-screen 0 1600x1000x24", krita, "--nosplash",
     ]  # fmt: skip
+    restarts: list[float] = []
+
+    def restart_backend_when_asked() -> None:
+        """The driver asks (a file) to see the plugin reconnect: a new backend process on
+        the same port, as when a painter restarts `layerdiffuse serve`."""
+        if not restart_request.is_file():
+            return
+        began = time.monotonic()
+        backend.restart(folder / "restarted-backend")
+        restart_request.unlink()
+        restarts.append(time.monotonic() - began)
+
     started = time.monotonic()
     status = run_in_process_group(
-        command, environment, KRITA_TIMEOUT + 30, folder / "krita.log", started=results.is_file
+        command,
+        environment,
+        KRITA_TIMEOUT + 30,
+        folder / "krita.log",
+        started=results.is_file,
+        while_running=restart_backend_when_asked,
     )
     seconds = time.monotonic() - started
     record = json.loads(results.read_text()) if results.is_file() else {}
@@ -129,6 +150,8 @@ def run_krita(
         "installed": installed,
         "profile": profile,
         "screenshot": screenshot,
+        "window_screenshot": window_screenshot,
+        "backend_restarts": restarts,
         "krita_log": (folder / "krita.log").read_text(errors="replace")[-4000:],
         "plugin_log": log_text[-4000:],
         "plugin_log_full": log_text,
@@ -204,6 +227,10 @@ GROUPS = {
     "cancel": "a cancelled job inserts nothing",
     "gray": "a document that is not 8-bit RGBA gets a clear message and no layer",
     "screenshot": "the docker's screenshot is saved",
+    "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
+    "settings": "the Settings section shows only what applies to the method and family",
+    "seed": "a random seed shows after the job and Reuse seed makes the next layer with it",
+    "reconnect": "the backend restarts: the docker shows it, reconnects, and generates again",
 }
 
 
@@ -246,6 +273,8 @@ SDXL_GROUPS = {
     "background": "generate_background (two chained jobs) inserts one opaque layer below",
     "foreground": "generate_foreground (two chained jobs) inserts one layer above",
     "together": "the docker's together method explains it needs SD1.5 and inserts nothing",
+    "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
+    "settings": "the Settings section shows the SDXL weight and transparent model choice",
 }
 SDXL_JOBS = [
     # method, size, inputs: what the plugin sent, in order (its log)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import traceback
 
@@ -22,18 +23,25 @@ from krita import Extension, Krita, Selection
 
 # Qt as the plugin imports it: PyQt6 in Krita 6, PyQt5 in Krita 5.
 from layerdiffuse.qt import (
+    QCheckBox,
     QComboBox,
     QDockWidget,
     QLabel,
     QPlainTextEdit,
+    QPoint,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTimer,
+    QToolButton,
+    QWidget,
 )
 
 RESULTS = os.environ.get("LAYERDIFFUSE_TEST_RESULTS", "")
 SCREENSHOT = os.environ.get("LAYERDIFFUSE_SCREENSHOT", "")
+WINDOW_SCREENSHOT = os.environ.get("LAYERDIFFUSE_WINDOW_SCREENSHOT", "")
+RESTART_REQUEST = os.environ.get("LAYERDIFFUSE_RESTART_REQUEST", "")
 WIDTH, HEIGHT = 160, 120
 PROMPT = "a glass bottle, high quality"
 USER_LAYER = "User Paint"
@@ -249,8 +257,12 @@ class Scene:
         # The result came back at the region's size: its content spans most of it.
         spans = box is not None and box.width * 2 >= region[2] and box.height * 2 >= region[3]
         run.check(f"{label}:region_sized", spans, (box, region))
+        # What tells results apart comes first: "foreground · seed 7 · a glass bottle, …"
         run.check(
-            f"{label}:name", PROMPT[:20] in node.name() and "seed" in node.name(), node.name()
+            f"{label}:name",
+            re.match(r"(foreground|background|blended) · seed \d+ · ", node.name()) is not None
+            and PROMPT[:20] in node.name(),
+            node.name(),
         )
 
     # The three actions, as both scenarios run them -----------------------------------------
@@ -348,10 +360,10 @@ def open_scene(run):
     dock.show()
     yield Wait(
         "the docker to connect",
-        lambda: "Connected" in docker_widget("connection_status", QLabel).text(),
+        lambda: "Connected" in docker_widget("connection_status", QLabel).toolTip(),
         30.0,
     )
-    run.check("docker_connected", True, docker_widget("connection_status", QLabel).text())
+    run.check("docker_connected", True, docker_widget("connection_status", QLabel).toolTip())
     prompt = docker_widget("prompt", QPlainTextEdit)
     run.check("docker_prompt_from_settings", PROMPT in prompt.toPlainText(), prompt.toPlainText())
     found = {name: app.action(name) for name in ACTIONS}
@@ -367,7 +379,186 @@ def open_scene(run):
     scripts = next(a.menu() for a in tools.actions() if a.objectName() == "scripts")
     in_menu = {a.objectName() for a in scripts.actions()}
     run.check("actions_in_tools_scripts", set(ACTIONS) <= in_menu, sorted(in_menu))
+    yield from check_layout(run, window, dock)
     return scene, dock
+
+
+# The widgets a painter needs without scrolling, at Krita's default window size.
+ESSENTIAL_WIDGETS = (
+    ("prompt", QPlainTextEdit),
+    ("method", QComboBox),
+    ("generate", QPushButton),
+    ("progress", QProgressBar),
+    ("connection_status", QLabel),
+)
+
+
+def check_layout(run, window, dock):
+    """The docker as Krita first shows it (default window size, the docker stacked in
+    the right dock column): nothing is cut off on the right, no horizontal scrollbar, and
+    the prompt, what to make, Generate, the progress and the connection status are fully
+    visible without scrolling; with its sections open, nothing is cut off either. Grabs
+    the whole window into LAYERDIFFUSE_WINDOW_SCREENSHOT."""
+    yield Sleep(1.0)  # let the layout settle after the docker's first show
+    qwindow = window.qwindow()
+    panel = dock.widget()
+    scroll = panel.findChild(QScrollArea, "settings_scroll")
+    viewport = scroll.viewport()
+    # Krita opens its window at 2/3 of the screen, 1066x666 here (Krita 5.3 and 6 make it
+    # taller on their own). Dockers whose smallest sizes do not fit make it grow: the
+    # docker must keep Krita's smallest window within 1066x666.
+    smallest_with = qwindow.minimumSizeHint().height()
+    dock.hide()
+    yield Sleep(0.5)
+    smallest_without = qwindow.minimumSizeHint().height()
+    dock.show()
+    yield Sleep(1.0)
+    run.check(
+        "layout:docker_does_not_make_the_window_taller",
+        qwindow.width() == 1066 and smallest_with <= 666,
+        f"window {qwindow.width()}x{qwindow.height()}, smallest {smallest_with} with the "
+        f"docker, {smallest_without} without; docker {dock.width()}x{dock.height()}, "
+        f"panel {panel.width()}x{panel.height()}, settings viewport "
+        f"{viewport.width()}x{viewport.height()}",
+    )
+    run.check(
+        "layout:no_horizontal_scrollbar",
+        not scroll.horizontalScrollBar().isVisible()
+        and scroll.widget().width() <= viewport.width(),
+        f"settings {scroll.widget().width()} wide in a {viewport.width()} px viewport",
+    )
+    for name, kind in ESSENTIAL_WIDGETS:
+        widget = docker_widget(name, kind)
+        top_left = widget.mapTo(panel, QPoint(0, 0))
+        inside = (
+            widget.isVisible()
+            and top_left.y() >= 0
+            and top_left.y() + widget.height() <= panel.height()
+            and not scroll.isAncestorOf(widget)
+        )
+        run.check(
+            f"layout:{name}_visible_without_scrolling",
+            inside,
+            f"y {top_left.y()}..{top_left.y() + widget.height()} of {panel.height()}",
+        )
+    if WINDOW_SCREENSHOT:
+        qwindow.grab().save(WINDOW_SCREENSHOT, "PNG")
+        run.check("layout:screenshot_saved", os.path.isfile(WINDOW_SCREENSHOT), WINDOW_SCREENSHOT)
+    yield from check_nothing_clipped(run, "layout", panel, scroll)
+    sections = ("settings_open_button", "connection_open_button")
+    for name in sections:
+        docker_widget(name, QToolButton).click()
+    yield from check_nothing_clipped(run, "layout_open", panel, scroll)
+    for name in sections:
+        docker_widget(name, QToolButton).click()
+
+
+def check_nothing_clipped(run, label, panel, scroll):
+    """Every visible widget of the docker lies within its width: the panel's, and for
+    what is in the scroll area, its viewport's (the scroll area never scrolls sideways)."""
+    yield Sleep(0.3)
+    viewport = scroll.viewport()
+    clipped = []
+    for widget in panel.findChildren(QWidget):
+        if not widget.isVisibleTo(panel) or widget.width() <= 0:
+            continue
+        area = viewport if viewport.isAncestorOf(widget) else panel
+        left = widget.mapTo(area, QPoint(0, 0)).x()
+        if left < 0 or left + widget.width() > area.width():
+            name = widget.objectName() or type(widget).__name__
+            clipped.append(f"{name}: {left}+{widget.width()} of {area.width()}")
+    run.check(f"{label}:nothing_clipped_on_the_right", not clipped, clipped)
+
+
+def check_settings_shown(run, label, shown, hidden):
+    """The Settings section shows exactly the settings that apply (by object name)."""
+    visible = {}
+    for name in (*shown, *hidden):
+        widget = docker_widget(name, QWidget)
+        visible[name] = widget is not None and widget.isVisible()
+    run.check(
+        f"settings:{label}",
+        all(visible[name] for name in shown) and not any(visible[name] for name in hidden),
+        visible,
+    )
+
+
+def open_settings(open_):
+    """Open (or close) the docker's Settings section, as a click on its title does."""
+    button = docker_widget("settings_open_button", QToolButton)
+    if button.isChecked() != open_:
+        button.click()
+    yield Sleep(0.3)
+
+
+def seed_reuse(scene):
+    """Random on: the result's seed shows in the seed box and as the last result;
+    "Reuse seed" turns Random off with that seed, and the next layer has it again.
+    Also: the Settings section shows only what applies to SD1.5's methods."""
+    run, document = scene.run, scene.document
+    yield from open_settings(True)
+    check_settings_shown(
+        run,
+        "sd15_transparent_layer",
+        shown=("steps", "cfg_scale", "seed", "sampler", "stop_at", "negative_prompt"),
+        hidden=("weight", "sdxl_transparent_model", "foreground_prompt", "insert_blended"),
+    )
+    method = docker_widget("method", QComboBox)
+    method.setCurrentIndex(method.findData("together"))
+    yield Sleep(0.3)
+    check_settings_shown(
+        run,
+        "sd15_together",
+        shown=("foreground_prompt", "background_prompt", "blended_prompt", "insert_blended"),
+        hidden=("weight", "sdxl_transparent_model"),
+    )
+    method.setCurrentIndex(method.findData("transparent_layer"))
+    random_box = docker_widget("random_seed", QCheckBox)
+    random_box.setChecked(True)
+    [first] = yield from scene.generate(
+        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "seed"
+    )
+    seed = int(re.search(r"seed (\d+)", first.name()).group(1))
+    seed_box = docker_widget("seed", QSpinBox)
+    last = docker_widget("last_seed", QLabel)
+    run.check("seed:seed_box_shows_the_last_seed", seed_box.value() == seed, seed_box.value())
+    run.check("seed:last_result_shown", last.isVisible() and str(seed) in last.text(), last.text())
+    preview = docker_widget("preview", QLabel)
+    pixmap = preview.pixmap()
+    run.check("seed:preview_stays_after_the_job", pixmap is not None and not pixmap.isNull(), "")
+    docker_widget("reuse_seed", QPushButton).click()
+    run.check(
+        "seed:reuse_turns_random_off",
+        not random_box.isChecked() and seed_box.value() == seed,
+        (random_box.isChecked(), seed_box.value()),
+    )
+    [again] = yield from scene.generate(
+        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "seed"
+    )
+    run.check("seed:same_seed_again", f"seed {seed} ·" in again.name(), again.name())
+    # Tidy up: the later steps expect the layers they started with.
+    removed = {uid(again), uid(first)}
+    for node in (again, first):
+        node.remove()
+    yield Wait("the removal", lambda: not removed & set(ids(document)), 10.0)
+    yield from open_settings(False)
+
+
+def reconnect(scene):
+    """The backend process is replaced (the test restarts it when asked): the dot leaves
+    green, comes back by itself, and a job runs on the new backend."""
+    run, document = scene.run, scene.document
+    status = docker_widget("connection_status", QLabel)
+    with open(RESTART_REQUEST, "w", encoding="utf-8"):
+        pass
+    yield Wait("the backend to go", lambda: "Connected" not in status.toolTip(), 60.0)
+    run.check("reconnect:lost_is_shown", "Connected" not in status.toolTip(), status.toolTip())
+    yield Wait("the plugin to reconnect", lambda: "Connected" in status.toolTip(), 90.0)
+    run.check("reconnect:connected_again", "Connected" in status.toolTip(), status.toolTip())
+    yield from scene.generate(
+        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "reconnect"
+    )
+    run.check("reconnect:users_unchanged", scene.users_unchanged(), "")
 
 
 CANVAS = (0, 0, WIDTH, HEIGHT)
@@ -454,11 +645,13 @@ def scenario_sd15(run):
 
     # The docker after a real generation (prompt, status, progress and preview).
     if SCREENSHOT:
+        yield from open_settings(True)
         dock.setFloating(True)
-        dock.resize(400, 900)
+        dock.resize(300, 760)
         yield Sleep(1.0)
         dock.grab().save(SCREENSHOT, "PNG")
         dock.setFloating(False)
+        yield from open_settings(False)
         run.check("screenshot_saved", os.path.isfile(SCREENSHOT), SCREENSHOT)
     method.setCurrentIndex(method.findData("transparent_layer"))
 
@@ -470,13 +663,26 @@ def scenario_sd15(run):
     run.check("bottom:below_bottom_layer", order[:2] == [new[0].name(), "Background"], order)
     run.check("bottom:users_unchanged", users_unchanged(), "")
 
+    # 5b. A random seed is shown after the job and reused in one click.
+    yield from seed_reuse(scene)
+
     # 6. Cancel: nothing is inserted.
     steps = docker_widget("steps", QSpinBox)
     steps.setValue(150)
     before = set(ids(document))
     yield activate(document, by_name(document, USER_LAYER))
     app.action("layerdiffuse_generate_layer").trigger()
-    yield Wait("progress", lambda: docker_widget("progress", QProgressBar).value() > 0, 60.0)
+    bar = docker_widget("progress", QProgressBar)
+    yield Wait("progress", lambda: bar.value() > 0, 60.0)
+    yield Sleep(0.5)
+    shown = bar.text()
+    run.check(
+        "cancel:progress_shows_steps_and_time_left",
+        re.fullmatch(r"Step \d+/150 · \d+ (s|min) left", shown) is not None,
+        shown,
+    )
+    generate_button = docker_widget("generate", QPushButton)
+    run.check("cancel:generate_turned_cancel", generate_button.text() == "Cancel", "")
     app.action("layerdiffuse_cancel").trigger()
     yield Wait("the cancel", lambda: message().startswith("Cancelled"), 30.0)
     yield Sleep(1.5)
@@ -497,6 +703,12 @@ def scenario_sd15(run):
     run.check("gray:message", "8-bit RGBA" in message() and "GRAYA" in message(), message())
     run.check("gray:nothing_inserted", set(ids(gray)) == before, names(gray))
 
+    # 8. The backend restarts: the docker shows it, reconnects by itself, and generates.
+    gray.close()
+    yield Wait("the scene document", lambda: app.activeDocument() is not None, 20.0)
+    yield activate(document, by_name(document, USER_LAYER))
+    yield from reconnect(scene)
+
 
 # The SDXL scenario --------------------------------------------------------------------------
 
@@ -513,8 +725,8 @@ def scenario_sdxl(run):
     users_unchanged = scene.users_unchanged
     run.check(
         "docker_connected_to_sdxl",
-        "SDXL" in docker_widget("connection_status", QLabel).text(),
-        docker_widget("connection_status", QLabel).text(),
+        "SDXL" in docker_widget("connection_status", QLabel).toolTip(),
+        docker_widget("connection_status", QLabel).toolTip(),
     )
 
     # 0. SD1.5 chosen (from kritarc) against an SDXL backend: a sentence, no layer, no job.
@@ -534,6 +746,15 @@ def scenario_sdxl(run):
     family.setCurrentIndex(family.findData("sdxl"))
     saved = app.readSetting("layerdiffuse", "family", "")
     run.check("family:sdxl_chosen", family.currentData() == "sdxl" and saved == "sdxl", saved)
+
+    yield from open_settings(True)
+    check_settings_shown(
+        run,
+        "sdxl_transparent_layer",
+        shown=("weight", "sdxl_transparent_model", "stop_at", "steps"),
+        hidden=("foreground_prompt", "background_prompt", "blended_prompt", "insert_blended"),
+    )
+    yield from open_settings(False)
 
     # 1. A transparent layer (sdxl_transparent_attn): directly above the active layer.
     layer = yield from scene.transparent_layer()
@@ -574,7 +795,11 @@ def scenario_sdxl(run):
         message(),
     )
     run.check("together:nothing_inserted", set(ids(document)) == before, names(document))
-    run.check("together:no_job_running", generate_button.isEnabled(), message())
+    run.check(
+        "together:no_job_running",
+        generate_button.isEnabled() and generate_button.text() == "Generate",
+        generate_button.text(),
+    )
     run.check("together:users_unchanged", users_unchanged(), "")
     method.setCurrentIndex(method.findData("transparent_layer"))
 
