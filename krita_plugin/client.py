@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import JobCancelled, JobFailed, JobLost, NotConnected
-from .user_messages import for_connection_failure, for_error, server_label
+from .user_messages import for_close, for_connection_failure, for_error, server_label
 from .vendor import protocol, websocket_client, websocket_exceptions
 
 __all__ = ["CLIENT_NAME", "BackendClient", "ConnectionState", "JobResult", "new_job_id"]
@@ -122,10 +122,13 @@ class BackendClient:
             self._reconfigured = False
             self._welcomed_here = False
             try:
-                await self._serve_connection()
-                sentence = self._server_error or (
-                    f"The backend at {server_label(self.url)} closed the connection. Reconnecting…"
-                )
+                close_code = await self._serve_connection()
+                if close_code == protocol.CloseCode.IDLE and self._server_error is None:
+                    # The backend closes idle connections (docs/protocol.md): nothing is
+                    # wrong, so no red dot; connect again at once.
+                    log.info("closed by the backend as idle; connecting again")
+                    continue
+                sentence = self._server_error or for_close(self.url, close_code)
             except asyncio.CancelledError:
                 for job_id in list(self._jobs):
                     self._finish(job_id, JobLost("The plugin stopped; nothing was inserted."))
@@ -168,7 +171,8 @@ class BackendClient:
         assert self.welcome is not None
         return self.welcome
 
-    async def _serve_connection(self) -> None:
+    async def _serve_connection(self) -> int | None:
+        """One connection, until it closes; returns the backend's close code, if any."""
         url, token = self.url, self.token
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with websocket_client.connect(
@@ -182,25 +186,37 @@ class BackendClient:
         ) as websocket:
             if (url, token) != (self.url, self.token):
                 self._reconfigured = True  # changed while connecting: start again
-                return
+                return None
             client = protocol.ClientProtocol(CLIENT_NAME)
             self._websocket, self._protocol = websocket, client
             await self._send(client.send_hello(self._session))
-            async for message in websocket:
-                try:
-                    if isinstance(message, str):
-                        events = client.receive_text(message)
-                    else:
-                        events = client.receive_binary(message)
-                except protocol.UnsupportedVersion:
+            try:
+                await self._receive(websocket, client)
+            except websocket_exceptions.ConnectionClosedError as closed:
+                if closed.rcvd is None:  # dropped, not closed by the backend
                     raise
-                except protocol.ProtocolError as error:
-                    log.warning("refused a frame from the backend: %s", error)
-                    if error.job is not None:
-                        self._finish(error.job, self._job_failed(error.code.value, str(error)))
-                    continue
-                for event in events:
-                    await self._handle(event)
+                return closed.rcvd.code
+        return websocket.close_code
+
+    async def _receive(
+        self, websocket: websocket_client.ClientConnection, client: protocol.ClientProtocol
+    ) -> None:
+        """Handle the backend's frames until the connection closes."""
+        async for message in websocket:
+            try:
+                if isinstance(message, str):
+                    events = client.receive_text(message)
+                else:
+                    events = client.receive_binary(message)
+            except protocol.UnsupportedVersion:
+                raise
+            except protocol.ProtocolError as error:
+                log.warning("refused a frame from the backend: %s", error)
+                if error.job is not None:
+                    self._finish(error.job, self._job_failed(error.code.value, str(error)))
+                continue
+            for event in events:
+                await self._handle(event)
 
     async def _handle(self, event: protocol.ClientEvent) -> None:
         if isinstance(event, protocol.WelcomeReceived):

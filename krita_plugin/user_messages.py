@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from .vendor import protocol, websocket_exceptions
 
-__all__ = ["for_connection_failure", "for_error", "server_label"]
+__all__ = ["for_close", "for_connection_failure", "for_error", "server_label"]
 
 ErrorCode = protocol.ErrorCode
 
@@ -61,6 +61,19 @@ def server_label(url: str) -> str:
         return url
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     return f"{parts.hostname}:{port}"
+
+
+def for_close(url: str, code: int | None) -> str:
+    """The sentence for a connection the backend closed, by its close code."""
+    where = server_label(url)
+    if code == protocol.CloseCode.TOO_MANY_CONNECTIONS:
+        return f"The backend at {where} has too many connections. Close another client."
+    if code == protocol.CloseCode.EVICTED:
+        return (
+            f"The backend at {where} closed this idle connection to make room for "
+            "another client. Reconnecting…"
+        )
+    return f"The backend at {where} closed the connection. Reconnecting…"
 
 
 def for_connection_failure(url: str, error: BaseException) -> str:

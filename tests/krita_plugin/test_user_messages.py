@@ -10,8 +10,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus, InvalidU
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from krita_plugin.user_messages import for_connection_failure, for_error, server_label
-from protocol import ErrorCode, UnsupportedVersion
+from krita_plugin.user_messages import for_close, for_connection_failure, for_error, server_label
+from protocol import CloseCode, ErrorCode, UnsupportedVersion
 
 URL = "ws://127.0.0.1:8870"
 
@@ -72,4 +72,13 @@ def test_connection_failures(error: BaseException, expected: str) -> None:
 def test_a_bad_address_says_what_one_looks_like() -> None:
     assert for_connection_failure("http://x", InvalidURI("http://x", "bad scheme")) == (
         "“http://x” is not a server address. It looks like ws://127.0.0.1:8870."
+    )
+
+
+def test_the_backends_close_codes_become_sentences() -> None:
+    url = "ws://127.0.0.1:8870"
+    assert "too many connections" in for_close(url, CloseCode.TOO_MANY_CONNECTIONS)
+    assert "make room for another client" in for_close(url, CloseCode.EVICTED)
+    assert for_close(url, 1000) == (
+        "The backend at 127.0.0.1:8870 closed the connection. Reconnecting…"
     )
