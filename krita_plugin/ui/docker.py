@@ -45,7 +45,7 @@ from ..recipes import SDXL_TRANSPARENT_MODELS, Action
 from ..settings import FAMILY_AUTO, describe, shown_range, shown_times, tooltip, unit
 from ..state import DockerState
 from ..vendor import protocol
-from .widgets import PreviewLabel, ProgressBar, Section, SeedBox, narrow_combo
+from .widgets import ElidedLabel, PreviewLabel, ProgressBar, Section, SeedBox, narrow_combo
 
 __all__ = ["DOCKER_ID", "DockerPanel", "docker_class"]
 
@@ -170,8 +170,13 @@ class DockerPanel(QWidget):
         self.connection_status = QLabel(top)
         self.connection_status.setObjectName("connection_status")
         row.addWidget(self.connection_status)
+        # While a job runs: its progress; between jobs: the last message, on one line
+        # (the whole sentence is its tooltip and, wrapped, the first thing below).
         self.progress = ProgressBar(top)
         row.addWidget(self.progress, 1)
+        self.message_line = ElidedLabel(top)
+        self.message_line.setObjectName("message_line")
+        row.addWidget(self.message_line, 1)
         layout.addLayout(row)
         return top
 
@@ -381,6 +386,8 @@ class DockerPanel(QWidget):
             self._show_message()
         elif name == "running":
             self._enable_buttons()
+            self.progress.setVisible(state.running)
+            self.message_line.setVisible(not state.running)
         elif name == "progress":
             self.progress.set_progress(state.progress)
         elif name == "preview":
@@ -401,9 +408,11 @@ class DockerPanel(QWidget):
         if not text and state.connection is ConnectionState.DISCONNECTED:
             text, is_error = state.connection_text, True
         colour = "#c0392b" if is_error else "palette(text)"
-        self.message.setStyleSheet(f"color: {colour}")
-        self.message.setText(text)
+        for label in (self.message, self.message_line):
+            label.setStyleSheet(f"color: {colour}")
+            label.setText(text)
         self.message.setVisible(bool(text))
+        self.message_line.setToolTip(text)
 
     def _enable_buttons(self) -> None:
         state = self.state

@@ -13,6 +13,7 @@ from ..qt import (
     QPainter,
     QPixmap,
     QProgressBar,
+    QSizePolicy,
     QSpinBox,
     Qt,
     QToolButton,
@@ -22,7 +23,15 @@ from ..qt import (
 )
 from ..state import Progress
 
-__all__ = ["PreviewLabel", "ProgressBar", "Section", "SeedBox", "narrow_combo", "preview_pixmap"]
+__all__ = [
+    "ElidedLabel",
+    "PreviewLabel",
+    "ProgressBar",
+    "Section",
+    "SeedBox",
+    "narrow_combo",
+    "preview_pixmap",
+]
 
 MAX_SEED = 2**31 - 1
 """The largest seed the box takes (QSpinBox holds a signed 32-bit integer)."""
@@ -169,6 +178,32 @@ class Section(QWidget):
     def _show(self, open_: bool) -> None:
         self.button.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
         self.content.setVisible(open_)
+
+
+class ElidedLabel(QLabel):
+    """One line of text, cut with "…" to the width it is given (it never widens the
+    docker); `text()` is the whole text."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def setText(self, text: str) -> None:
+        self._full = text
+        self._elide()
+
+    def text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: object) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        line = " ".join(self._full.split())
+        shown = self.fontMetrics().elidedText(line, Qt.TextElideMode.ElideRight, self.width())
+        super().setText(shown)
 
 
 def narrow_combo(parent: QWidget | None = None) -> QComboBox:

@@ -388,17 +388,18 @@ ESSENTIAL_WIDGETS = (
     ("prompt", QPlainTextEdit),
     ("method", QComboBox),
     ("generate", QPushButton),
-    ("progress", QProgressBar),
     ("connection_status", QLabel),
+    ("message_line", QLabel),  # the progress bar takes its place while a job runs
 )
 
 
 def check_layout(run, window, dock):
     """The docker as Krita first shows it (default window size, the docker stacked in
     the right dock column): nothing is cut off on the right, no horizontal scrollbar, and
-    the prompt, what to make, Generate, the progress and the connection status are fully
-    visible without scrolling; with its sections open, nothing is cut off either. Grabs
-    the whole window into LAYERDIFFUSE_WINDOW_SCREENSHOT."""
+    the prompt, what to make, Generate, the connection status and the message line (the
+    progress bar while a job runs) are fully visible without scrolling; with its sections
+    open, nothing is cut off either. Grabs the whole window into
+    LAYERDIFFUSE_WINDOW_SCREENSHOT."""
     yield Sleep(1.0)  # let the layout settle after the docker's first show
     qwindow = window.qwindow()
     panel = dock.widget()
@@ -683,6 +684,11 @@ def scenario_sd15(run):
     )
     generate_button = docker_widget("generate", QPushButton)
     run.check("cancel:generate_turned_cancel", generate_button.text() == "Cancel", "")
+    run.check(
+        "cancel:progress_replaces_the_message_line",
+        bar.isVisible() and not docker_widget("message_line", QLabel).isVisible(),
+        "",
+    )
     app.action("layerdiffuse_cancel").trigger()
     yield Wait("the cancel", lambda: message().startswith("Cancelled"), 30.0)
     yield Sleep(1.5)
