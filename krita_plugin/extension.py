@@ -25,7 +25,7 @@ from .canvas.app import (
 from .canvas.document import KritaCanvas
 from .client import BackendClient
 from .eventloop import EventLoop
-from .qt import QAction, QStandardPaths
+from .qt import QAction, QStandardPaths, QTimer
 from .recipes import KRITA_ACTIONS, Action
 from .settings import SETTINGS_GROUP, load_settings
 from .state import DockerState
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PACKAGE = __name__.rpartition(".")[0]
 MINIMUM_KRITA = (5, 1)
 MENU = "tools/scripts"
+REFRESH_MS = 500
 
 
 class LayerDiffusePlugin:
@@ -51,6 +52,8 @@ class LayerDiffusePlugin:
         self.loop: EventLoop | None = None
         self.client: BackendClient | None = None
         self.state: DockerState | None = None
+        self._actions: list[tuple[QAction, Action | None, str]] = []
+        self._refresh_timer: QTimer | None = None
 
     def start(self) -> None:
         """Start logging, the event loop and the client (Krita's `setup()`)."""
@@ -65,9 +68,49 @@ class LayerDiffusePlugin:
             store, KritaCanvas(), self.client, self.loop.run, self.loop.set_busy
         )
         self.loop.run(self.client.run())
+        self.state.changed.connect(self._on_changed)
+        self._show_actions()  # Krita may have created the windows' actions before this
+        # Krita says nothing when the active document or its colour model changes: look
+        # again twice a second (a few attribute reads, no pixels). The actions are set
+        # again each time, as Krita's own action manager enables them again whenever
+        # the active layer changes.
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh)
+        self._refresh_timer.start()
+
+    def add_action(self, qaction: QAction, action: Action | None) -> None:
+        """A window's Krita action, enabled only when it can run (the reason is its
+        tooltip when not)."""
+        self._actions.append((qaction, action, qaction.toolTip()))
+        self._show_actions()
+
+    def _refresh(self) -> None:
+        if self.state is not None:
+            self.state.refresh()
+            self._show_actions()
+
+    def _on_changed(self, name: str) -> None:
+        if name in ("refusals", "running"):
+            self._show_actions()
+
+    def _show_actions(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        for qaction, action, tooltip in self._actions:
+            if action is None:  # cancel
+                qaction.setEnabled(state.running)
+                continue
+            refusal = state.refusals.get(action)
+            qaction.setEnabled(refusal is None)
+            qaction.setToolTip(tooltip if refusal is None else refusal)
 
     def stop(self) -> None:
         """Stop the client and the event loop (Krita is closing)."""
+        if self._refresh_timer is not None:
+            self._refresh_timer.stop()
+            self._refresh_timer = None
         if self.loop is not None:
             log.info("stopping")
             self.loop.stop()
@@ -103,6 +146,7 @@ class LayerDiffuseExtension(Extension):
         for action_id, text, action in KRITA_ACTIONS:
             qaction: QAction = window.createAction(action_id, text, MENU)
             qaction.triggered.connect(lambda _=False, action=action: self.plugin.trigger(action))
+            self.plugin.add_action(qaction, action)
 
 
 def register() -> None:

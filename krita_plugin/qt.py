@@ -31,6 +31,7 @@ __all__ = [
     "QFrame",
     "QGridLayout",
     "QHBoxLayout",
+    "QIcon",
     "QImage",
     "QLabel",
     "QLineEdit",
@@ -86,7 +87,7 @@ if QT_MAJOR == 6:
         QTimer,
         pyqtSignal,
     )
-    from PyQt6.QtGui import QAction, QColor, QImage, QPainter, QPixmap
+    from PyQt6.QtGui import QAction, QColor, QIcon, QImage, QPainter, QPixmap
     from PyQt6.QtWidgets import (
         QCheckBox,
         QComboBox,
@@ -116,7 +117,7 @@ else:
         QTimer,
         pyqtSignal,
     )
-    from PyQt5.QtGui import QColor, QImage, QPainter, QPixmap
+    from PyQt5.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
     from PyQt5.QtWidgets import (
         QAction,
         QCheckBox,

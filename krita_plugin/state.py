@@ -20,10 +20,20 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 from .client import BackendClient, ConnectionState, JobResult, new_job_id
-from .errors import JobCancelled, MethodUnavailable, NotConnected, PluginError
+from .errors import (
+    Busy,
+    JobCancelled,
+    MethodUnavailable,
+    NoActiveLayer,
+    NoDocument,
+    NotConnected,
+    PluginError,
+    UnsupportedDocument,
+)
 from .geometry import Bounds
 from .placement import Capture, InputSource, NewLayer
 from .recipes import Action, Recipe, recipe_for, step_inputs
@@ -31,6 +41,7 @@ from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_
 from .vendor import protocol
 
 __all__ = [
+    "About",
     "Canvas",
     "DockerState",
     "Message",
@@ -62,6 +73,13 @@ class Canvas(Protocol):
             DocumentClosed: the capture's document is no longer open.
         """
 
+    def document_problem(self) -> PluginError | None:
+        """Why the active document cannot be worked on (cheap: reads no pixels), or None."""
+
+    def tell(self, text: str) -> None:
+        """Show a sentence where the painter is looking (Krita: a floating message on
+        the canvas), for answers to an action triggered from a menu or a shortcut."""
+
 
 class Signal:
     """A minimal observable: `connect(slot)`, `emit(*args)` (same thread, in order)."""
@@ -77,12 +95,22 @@ class Signal:
             slot(*args)
 
 
+class About(Enum):
+    """What a message is about, so that it can go when that is mended."""
+
+    JOB = "job"
+    CONNECTION = "connection"
+    DOCUMENT = "document"
+
+
 @dataclass(frozen=True)
 class Message:
-    """The last thing said to the painter: a sentence, and whether it is an error."""
+    """The last thing said to the painter: a sentence, whether it is an error, and what
+    it is about."""
 
     text: str = ""
     is_error: bool = False
+    about: About = About.JOB
 
 
 @dataclass(frozen=True)
@@ -182,7 +210,7 @@ class DockerState:
     Attributes:
         changed: emitted with an attribute name whenever one of these changes:
             `settings`, `connection`, `running`, `progress`, `preview`, `last_seed`,
-            `message`.
+            `message`, `refusals`.
         settings: the current settings (replace them through `update_settings`).
         connection / connection_text: the client's state and its sentence.
         running: whether a job is running.
@@ -191,6 +219,8 @@ class DockerState:
             after the job until the next one starts.
         last_seed: the seed of the last inserted result, or None.
         message: the last message to the painter.
+        refusals: for each action, why it cannot start now (None: it can), as of the
+            last `refresh()`.
     """
 
     def __init__(
@@ -217,8 +247,10 @@ class DockerState:
         self.preview: tuple[int, int, bytes] | None = None
         self.last_seed: int | None = None
         self.message = Message()
+        self.refusals: dict[Action, str | None] = {}
         self._job: _RunningJob | None = None
         client.on_state = self._on_connection
+        self.refresh()
 
     # Settings and connection ---------------------------------------------------------------
 
@@ -233,10 +265,52 @@ class DockerState:
         self.changed.emit("settings")
         if (settings.server_url, settings.token) != (previous.server_url, previous.token):
             self.spawn(self.client.configure(settings.server_url, settings.token))
+        self.refresh()  # the method or the family may have changed what can run
 
     def _on_connection(self, state: ConnectionState, text: str) -> None:
         self.connection, self.connection_text = state, text
         self.changed.emit("connection")
+        if state is ConnectionState.CONNECTED and self.message.about is About.CONNECTION:
+            self._say("", False)  # "Can't reach…" is stale beside a green dot
+        self.refresh()
+
+    # What can run ---------------------------------------------------------------------------
+
+    def refusal(self, action: Action) -> PluginError | None:
+        """Why `action` cannot start now, or None when it can (no pixels are read: an
+        empty work area is found only when it starts)."""
+        if self._job is not None:
+            return Busy()
+        if self.client.state is not ConnectionState.CONNECTED:
+            return NotConnected(self.connection_text)
+        try:
+            self._recipe(action).check_offered(self.offered_methods())
+        except PluginError as error:
+            return error
+        return self.canvas.document_problem()
+
+    def refresh(self) -> None:
+        """Look again at what can run (the plugin calls this on a timer: Krita tells
+        nothing when the active document or its colour model changes). Emits
+        `refusals` when that changed, and drops a message about the document once the
+        document is fine."""
+        refusals = {}
+        for action in Action:
+            problem = self.refusal(action)
+            refusals[action] = None if problem is None else str(problem)
+        if refusals != self.refusals:
+            self.refusals = refusals
+            self.changed.emit("refusals")
+        if self.message.about is About.DOCUMENT and self.canvas.document_problem() is None:
+            self._say("", False)
+
+    def _recipe(self, action: Action) -> Recipe:
+        return recipe_for(
+            action,
+            self.family(),
+            self.settings.insert_blended,
+            protocol.Method(self.settings.sdxl_transparent_model),
+        )
 
     def offered_methods(self) -> tuple[protocol.Method, ...]:
         welcome = self.client.welcome
@@ -293,22 +367,14 @@ class DockerState:
         Returns:
             The job's task (its result: the names of the inserted layers), or None.
         """
-        if self._job is not None:
-            self._say("A generation is already running. Wait for it, or press Cancel.", True)
-            return None
         try:
-            if self.client.state is not ConnectionState.CONNECTED:
-                raise NotConnected(self.connection_text)
-            recipe = recipe_for(
-                action,
-                self.family(),
-                self.settings.insert_blended,
-                protocol.Method(self.settings.sdxl_transparent_model),
-            )
-            recipe.check_offered(self.offered_methods())
+            problem = self.refusal(action)
+            if problem is not None:
+                raise problem
+            recipe = self._recipe(action)
             capture = self.canvas.capture(recipe.source)
         except PluginError as error:
-            self._say(str(error), True)
+            self._refuse(error)
             return None
         settings = self.settings
         seed = random.randrange(0, 2**31) if settings.random_seed else settings.seed
@@ -318,6 +384,7 @@ class DockerState:
         self.preview = None
         self._emit("running", "progress", "preview")
         self._say(f"{action.label}: generating…", False)
+        self.refresh()
         if self.set_busy is not None:
             self.set_busy(True)
         return self.spawn(self._run(self._job, recipe, capture, settings, seed))
@@ -391,13 +458,14 @@ class DockerState:
                     "The backend cancelled the job (was it stopped?). Nothing was inserted.", True
                 )
         except PluginError as error:
-            self._say(str(error), True)
+            self._refuse(error)
         except Exception:
             log.exception("the job failed unexpectedly")
-            self._say(
-                "Something unexpected went wrong; nothing was inserted. The plugin's log "
-                "has the details.",
-                True,
+            self._refuse(
+                PluginError(
+                    "Something unexpected went wrong; nothing was inserted. The plugin's "
+                    "log has the details."
+                )
             )
         finally:
             self._job = None
@@ -406,6 +474,7 @@ class DockerState:
             self._emit("running", "progress")
             if self.set_busy is not None:
                 self.set_busy(False)
+            self.refresh()
         return names
 
     def _on_progress(
@@ -426,15 +495,30 @@ class DockerState:
             self.preview = preview
             self.changed.emit("preview")
 
-    def _say(self, text: str, is_error: bool) -> None:
+    def _say(self, text: str, is_error: bool, about: About = About.JOB) -> None:
         if is_error:
             log.warning("%s", text)
-        self.message = Message(text, is_error)
+        self.message = Message(text, is_error, about)
         self.changed.emit("message")
+
+    def _refuse(self, error: PluginError) -> None:
+        """An error in the docker and, since the action may have come from a menu or a
+        shortcut with the docker out of sight, on the canvas too."""
+        self._say(str(error), True, _about(error))
+        self.canvas.tell(str(error))
 
     def _emit(self, *names: str) -> None:
         for name in names:
             self.changed.emit(name)
+
+
+def _about(error: PluginError) -> About:
+    if isinstance(error, NotConnected):
+        return About.CONNECTION
+    # (An empty work area is not: it is found when a job starts, and stays said.)
+    if isinstance(error, (NoDocument, UnsupportedDocument, NoActiveLayer)):
+        return About.DOCUMENT
+    return About.JOB
 
 
 def _submit(

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 
 from krita import Document, Krita, Node
 
-from ..errors import EmptyRegion, NoActiveLayer, NoDocument, UnsupportedDocument
+from ..errors import EmptyRegion, NoActiveLayer, NoDocument, PluginError, UnsupportedDocument
 from ..geometry import Bounds, Extent, work_region
 from ..pixels import check_size, has_visible_pixels
 from ..placement import Capture, InputSource, NewLayer
+from ..qt import QIcon
 from .layers import insert_layers
 from .nodes import document_id, node_id
 
@@ -35,6 +36,10 @@ __all__ = [
     "selection_bounds",
 ]
 
+FLOATING_MESSAGE_MS = 8000
+"""How long a floating message stays on the canvas."""
+FLOATING_PRIORITY = 1
+"""Krita's floating-message priority: 0 high, 1 medium, 2 low."""
 _MASK_TYPES = ("transparencymask", "filtermask", "transformmask", "selectionmask", "colorizemask")
 
 
@@ -46,6 +51,24 @@ class KritaCanvas:
 
     async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
         return await insert_layers(capture, layers)
+
+    def document_problem(self) -> PluginError | None:
+        document = Krita.instance().activeDocument()
+        if document is None:
+            return NoDocument()
+        try:
+            check_color(document.colorModel(), document.colorDepth())
+        except UnsupportedDocument as error:
+            return error
+        if document.activeNode() is None:
+            return NoActiveLayer()
+        return None
+
+    def tell(self, text: str) -> None:
+        window = Krita.instance().activeWindow()
+        view = window.activeView() if window is not None else None
+        if view is not None:
+            view.showFloatingMessage(text, QIcon(), FLOATING_MESSAGE_MS, FLOATING_PRIORITY)
 
 
 def check_color(model: str, depth: str) -> None:

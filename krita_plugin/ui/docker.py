@@ -375,6 +375,7 @@ class DockerPanel(QWidget):
         state = self.state
         if name == "settings":
             self._show_settings()
+            self._enable_buttons()  # the method or the family may have changed
         elif name == "connection":
             colour = _STATUS_COLOURS[state.connection]
             self.connection_status.setText(
@@ -384,7 +385,7 @@ class DockerPanel(QWidget):
             self._enable_buttons()
             self._show_applicable()  # "Automatic" follows the backend's family
             self._show_message()
-        elif name == "running":
+        elif name in ("running", "refusals"):
             self._enable_buttons()
             self.progress.setVisible(state.running)
             self.message_line.setVisible(not state.running)
@@ -422,12 +423,12 @@ class DockerPanel(QWidget):
             self.generate.setEnabled(True)
             return
         self.generate.setText("Generate")
-        connected = state.connection is ConnectionState.CONNECTED
-        self.generate.setEnabled(connected)
+        refusal = state.refusals.get(Action(state.settings.method))
+        self.generate.setEnabled(refusal is None)
         self.generate.setToolTip(
             "Run the chosen method on the active layer or the selection"
-            if connected
-            else state.connection_text
+            if refusal is None
+            else refusal
         )
 
     def _generate_or_cancel(self) -> None:

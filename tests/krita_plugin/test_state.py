@@ -18,7 +18,14 @@ from krita_plugin.errors import DocumentClosed, PluginError, UnsupportedDocument
 from krita_plugin.geometry import Bounds
 from krita_plugin.placement import Capture, InputSource, NewLayer, Placement
 from krita_plugin.recipes import Action
-from krita_plugin.state import DockerState, Message, Progress, applicable_settings, layer_name
+from krita_plugin.state import (
+    About,
+    DockerState,
+    Message,
+    Progress,
+    applicable_settings,
+    layer_name,
+)
 from protocol import (
     DEFAULT_LIMITS,
     METHOD_SPECS,
@@ -50,15 +57,27 @@ SETTINGS = {
 
 
 class FakeCanvas:
-    """Records captures and inserts; `error` makes `capture` or `insert` raise it."""
+    """Records captures, inserts and floating messages (`told`); the errors make
+    `capture` or `insert` raise, and `problem` is what `document_problem` says."""
 
     def __init__(
-        self, capture_error: PluginError | None = None, insert_error: PluginError | None = None
+        self,
+        capture_error: PluginError | None = None,
+        insert_error: PluginError | None = None,
+        problem: PluginError | None = None,
     ) -> None:
         self.capture_error = capture_error
         self.insert_error = insert_error
+        self.problem = problem
         self.captures: list[InputSource] = []
         self.inserted: list[NewLayer] = []
+        self.told: list[str] = []
+
+    def document_problem(self) -> PluginError | None:
+        return self.problem
+
+    def tell(self, text: str) -> None:
+        self.told.append(text)
 
     def capture(self, source: InputSource) -> Capture:
         if self.capture_error is not None:
@@ -216,13 +235,25 @@ def test_a_document_the_canvas_refuses_starts_nothing(demo_server: DemoServer) -
     async def scenario() -> None:
         async with running_client(demo_server.url) as client:
             await client.wait_connected(TIMEOUT)
-            canvas = FakeCanvas(capture_error=UnsupportedDocument("GRAYA", "U8"))
+            canvas = FakeCanvas(problem=UnsupportedDocument("GRAYA", "U8"))
             state = new_state(client, canvas)
+            # Known before any trigger: the actions and the button say why they are off.
+            refusal = state.refusals[Action.TRANSPARENT_LAYER]
+            assert refusal is not None and "this one is GRAYA U8" in refusal
+            # Triggered anyway (a shortcut pressed before the refresh): nothing starts,
+            # and the sentence also goes to the canvas.
             assert state.generate(Action.TRANSPARENT_LAYER) is None
-            assert state.message.is_error
+            assert state.message.is_error and state.message.about is About.DOCUMENT
             assert "8-bit RGBA documents, and this one is GRAYA U8" in state.message.text
-            assert not state.running
+            assert canvas.told == [state.message.text]
+            assert not state.running and canvas.captures == []
             assert state.busy_calls == []  # type: ignore[attr-defined]
+            # The painter converts the document: the message goes, the actions come back.
+            canvas.problem = None
+            state.refresh()
+            assert state.message == Message()
+            assert all(refusal is None for refusal in state.refusals.values())
+            assert "refusals" in state.events  # type: ignore[attr-defined]
 
     run(scenario)
 
@@ -265,7 +296,8 @@ def test_without_a_connection_the_message_says_why() -> None:
             assert state.connection is ConnectionState.DISCONNECTED
             assert "connection" in state.events  # type: ignore[attr-defined]
             assert state.generate(Action.TRANSPARENT_LAYER) is None
-            assert state.message == Message(state.connection_text, True)
+            assert state.message == Message(state.connection_text, True, About.CONNECTION)
+            assert state.refusals[Action.BACKGROUND] == state.connection_text
 
     run(scenario)
 
@@ -515,3 +547,30 @@ def test_the_connection_in_a_word_follows_the_backend() -> None:
     backend.state = ConnectionState.DISCONNECTED
     state.connection = ConnectionState.DISCONNECTED
     assert state.connection_summary() == "Offline"
+
+
+def test_a_connection_message_goes_when_the_connection_comes(demo_server: DemoServer) -> None:
+    async def scenario() -> None:
+        async with running_client("ws://127.0.0.1:9") as client:
+            canvas = FakeCanvas()
+            state = new_state(client, canvas)
+            await wait_for(lambda: "Can't reach" in state.connection_text)
+            assert state.generate(Action.TRANSPARENT_LAYER) is None
+            assert state.message.about is About.CONNECTION and canvas.told
+            state.update_settings(server_url=demo_server.url)
+            await wait_for(lambda: state.connection is ConnectionState.CONNECTED)
+            assert state.message == Message()  # no red "Can't reach" beside a green dot
+            assert state.refusals[Action.TRANSPARENT_LAYER] is None
+
+    run(scenario)
+
+
+def test_what_cannot_run_on_the_family_is_refused_before_a_trigger() -> None:
+    backend = RecordingBackend()  # SDXL
+    state = new_state(backend, FakeCanvas())
+    together = state.refusals[Action.TOGETHER]
+    assert together is not None and "needs an SD1.5 model" in together
+    assert state.refusals[Action.BACKGROUND] is None
+    state.update_settings(family="sd15")  # SD1.5 chosen against an SDXL backend
+    refusal = state.refusals[Action.TRANSPARENT_LAYER]
+    assert refusal is not None and "does not offer sd15_transparent" in refusal

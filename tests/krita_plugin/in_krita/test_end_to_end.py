@@ -225,12 +225,13 @@ GROUPS = {
     "together": "the docker's together method inserts background then foreground above",
     "bottom": "a background for the bottom-most layer goes below it",
     "cancel": "a cancelled job inserts nothing",
-    "gray": "a document that is not 8-bit RGBA gets a clear message and no layer",
+    "gray": "on a document that is not 8-bit RGBA the actions and Generate are off, saying why",
     "screenshot": "the docker's screenshot is saved",
     "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
     "settings": "the Settings section shows only what applies to the method and family",
     "seed": "a random seed shows after the job and Reuse seed makes the next layer with it",
     "reconnect": "the backend restarts: the docker shows it, reconnects, and generates again",
+    "floating": "a refusal of an action from the menu also floats on the canvas",
 }
 
 

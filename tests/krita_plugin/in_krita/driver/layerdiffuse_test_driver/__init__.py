@@ -372,8 +372,10 @@ def open_scene(run):
         all(action is not None for action in found.values()),
         {name: action is not None for name, action in found.items()},
     )
-    tooltip = found["layerdiffuse_generate_background"].toolTip()
-    run.check("actions_file_loaded", "directly below" in tooltip, tooltip)
+    # (The tooltip says why an action is off, when it is: the file's texts are also in
+    # "What's This".)
+    whats_this = found["layerdiffuse_generate_background"].whatsThis()
+    run.check("actions_file_loaded", "directly below" in whats_this, whats_this)
     menu_bar = window.qwindow().menuBar()
     tools = next(a.menu() for a in menu_bar.actions() if a.objectName() == "tools")
     scripts = next(a.menu() for a in tools.actions() if a.objectName() == "scripts")
@@ -545,6 +547,41 @@ def seed_reuse(scene):
     yield from open_settings(False)
 
 
+def floating_messages(window):
+    """The texts Krita shows as floating messages on the canvas now."""
+    return [
+        widget
+        for widget in window.qwindow().findChildren(QWidget)
+        if widget.metaObject().className() == "KisFloatingMessage" and widget.isVisible()
+    ]
+
+
+def floating_refusal(scene):
+    """Background for an empty layer, from the menu's action: the refusal is in the
+    docker and floats on the canvas; nothing is inserted."""
+    run, app, document = scene.run, scene.app, scene.document
+    empty = document.createNode("Empty", "paintlayer")
+    document.rootNode().addChildNode(empty, by_name(document, USER_LAYER))
+    yield Wait("the empty layer", lambda: "Empty" in names(document), 10.0)
+    yield activate(document, by_name(document, "Empty"))
+    before = set(ids(document))
+    shown_before = len(floating_messages(scene.window))
+    app.action("layerdiffuse_generate_background").trigger()
+    yield Wait("the refusal", is_error, 10.0)
+    run.check("floating:refusal_in_the_docker", "nothing visible" in message(), message())
+    yield Wait("a floating message", lambda: len(floating_messages(scene.window)) > shown_before)
+    run.check(
+        "floating:refusal_on_the_canvas",
+        len(floating_messages(scene.window)) > shown_before,
+        len(floating_messages(scene.window)),
+    )
+    run.check("floating:nothing_inserted", set(ids(document)) == before, names(document))
+    removed = uid(empty)
+    empty.remove()
+    yield Wait("the removal", lambda: removed not in ids(document), 10.0)
+    yield activate(document, by_name(document, USER_LAYER))
+
+
 def reconnect(scene):
     """The backend process is replaced (the test restarts it when asked): the dot leaves
     green, comes back by itself, and a job runs on the new backend."""
@@ -704,15 +741,35 @@ def scenario_sd15(run):
         "the gray document", lambda: app.activeDocument().name() == "layerdiffuse-gray", 20.0
     )
     before = set(ids(gray))
-    app.action("layerdiffuse_generate_layer").trigger()
-    yield Wait("the message", lambda: "8-bit RGBA" in message(), 10.0)
-    run.check("gray:message", "8-bit RGBA" in message() and "GRAYA" in message(), message())
+    action = app.action("layerdiffuse_generate_layer")
+    generate_button = docker_widget("generate", QPushButton)
+    yield Wait("the actions to be disabled", lambda: not action.isEnabled(), 10.0)
+    run.check(
+        "gray:action_disabled_with_the_reason",
+        not action.isEnabled() and "8-bit RGBA" in action.toolTip() and "GRAYA" in action.toolTip(),
+        action.toolTip(),
+    )
+    run.check(
+        "gray:generate_disabled_with_the_reason",
+        not generate_button.isEnabled() and "8-bit RGBA" in generate_button.toolTip(),
+        generate_button.toolTip(),
+    )
+    action.trigger()  # a disabled action does nothing
+    yield Sleep(0.5)
     run.check("gray:nothing_inserted", set(ids(gray)) == before, names(gray))
 
-    # 8. The backend restarts: the docker shows it, reconnects by itself, and generates.
+    # Back on the RGBA document, everything is enabled again.
     gray.close()
     yield Wait("the scene document", lambda: app.activeDocument() is not None, 20.0)
     yield activate(document, by_name(document, USER_LAYER))
+    yield Wait("the actions to be enabled", action.isEnabled, 10.0)
+    run.check("gray:enabled_again_on_an_rgba_document", action.isEnabled(), action.toolTip())
+
+    # 8. A refusal found only at the trigger (nothing visible to make a background for)
+    # also shows on the canvas, where a painter using the menu or a shortcut looks.
+    yield from floating_refusal(scene)
+
+    # 9. The backend restarts: the docker shows it, reconnects by itself, and generates.
     yield from reconnect(scene)
 
 
@@ -740,13 +797,17 @@ def scenario_sdxl(run):
     run.check("family:sd15_from_settings", family.currentData() == "sd15", family.currentData())
     before = set(ids(document))
     yield activate(document, by_name(document, USER_LAYER))
-    app.action("layerdiffuse_generate_layer").trigger()
-    yield Wait("the refusal", is_error, 10.0)
+    action = app.action("layerdiffuse_generate_layer")
+    yield Wait("the action to be disabled", lambda: not action.isEnabled(), 10.0)
     run.check(
         "family:sd15_refused",
-        "sd15_transparent" in message() and "SD1.5" in message(),
-        message(),
+        not action.isEnabled()
+        and "sd15_transparent" in action.toolTip()
+        and "SD1.5" in action.toolTip(),
+        action.toolTip(),
     )
+    action.trigger()  # disabled: nothing happens
+    yield Sleep(0.5)
     run.check("family:sd15_nothing_inserted", set(ids(document)) == before, names(document))
     # The painter picks SDXL in the docker; it is saved at once.
     family.setCurrentIndex(family.findData("sdxl"))
@@ -792,20 +853,16 @@ def scenario_sdxl(run):
     before = set(ids(document))
     yield activate(document, by_name(document, USER_LAYER))
     generate_button = docker_widget("generate", QPushButton)
-    generate_button.click()
-    yield Wait("the explanation", is_error, 10.0)
+    yield Wait("Generate to be disabled", lambda: not generate_button.isEnabled(), 10.0)
+    generate_button.click()  # disabled: nothing happens
     yield Sleep(0.5)  # (a job started by mistake would have time to show)
     run.check(
         "together:explained",
-        "needs an SD1.5 model" in message() and "SDXL" in message(),
-        message(),
+        "needs an SD1.5 model" in generate_button.toolTip() and "SDXL" in generate_button.toolTip(),
+        generate_button.toolTip(),
     )
     run.check("together:nothing_inserted", set(ids(document)) == before, names(document))
-    run.check(
-        "together:no_job_running",
-        generate_button.isEnabled() and generate_button.text() == "Generate",
-        generate_button.text(),
-    )
+    run.check("together:no_job_running", generate_button.text() == "Generate", message())
     run.check("together:users_unchanged", users_unchanged(), "")
     method.setCurrentIndex(method.findData("transparent_layer"))
 
