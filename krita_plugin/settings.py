@@ -185,6 +185,13 @@ class Settings:
             "scale the result to the region; off generates at the region's own size",
         ),
     )
+    insert_results: bool = field(
+        default=True,
+        metadata=_spec(
+            "Insert results at once",
+            "Off: each result waits in the tray below the progress; click it to insert it",
+        ),
+    )
     settings_open: bool = field(
         default=False,
         metadata=_spec("Settings", "Whether the docker's Settings section is open"),

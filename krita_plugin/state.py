@@ -47,6 +47,7 @@ __all__ = [
     "Message",
     "Progress",
     "Signal",
+    "TrayItem",
     "applicable_settings",
     "layer_name",
 ]
@@ -140,6 +141,35 @@ class Progress:
         return words
 
 
+@dataclass(frozen=True)
+class TrayItem:
+    """A finished result kept in the docker's tray, ready to insert (again).
+
+    Attributes:
+        capture: where it goes (the document, anchor and region it was made for; no
+            pixels).
+        layers: its layers, as a job inserts them.
+        prompt / seed: what made it (the tray's tooltip).
+        inserted: whether it went into the document already.
+    """
+
+    capture: Capture
+    layers: tuple[NewLayer, ...]
+    prompt: str
+    seed: int
+    inserted: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(len(layer.pixels) for layer in self.layers)
+
+
+TRAY_ITEMS = 8
+"""How many results the tray keeps (the newest first)."""
+TRAY_BYTES = 512 << 20
+"""…and at most this many bytes of layers: four 4096² results, or many small ones."""
+
+
 @dataclass
 class _RunningJob:
     action: Action
@@ -210,7 +240,7 @@ class DockerState:
     Attributes:
         changed: emitted with an attribute name whenever one of these changes:
             `settings`, `connection`, `running`, `progress`, `preview`, `last_seed`,
-            `message`, `refusals`.
+            `message`, `refusals`, `tray`.
         settings: the current settings (replace them through `update_settings`).
         connection / connection_text: the client's state and its sentence.
         running: whether a job is running.
@@ -221,6 +251,8 @@ class DockerState:
         message: the last message to the painter.
         refusals: for each action, why it cannot start now (None: it can), as of the
             last `refresh()`.
+        tray: the last results (`TrayItem`), newest first; with "insert results" off
+            they wait there until the painter picks one.
     """
 
     def __init__(
@@ -248,6 +280,7 @@ class DockerState:
         self.last_seed: int | None = None
         self.message = Message()
         self.refusals: dict[Action, str | None] = {}
+        self.tray: list[TrayItem] = []
         self._job: _RunningJob | None = None
         client.on_state = self._on_connection
         self.refresh()
@@ -444,12 +477,24 @@ class DockerState:
                 )
                 for output in recipe.outputs
             ]
-            names = await self.canvas.insert(capture, new_layers)
+            item = TrayItem(
+                dataclasses.replace(capture, pixels=None),
+                tuple(new_layers),
+                settings.prompt,
+                result_seed,
+            )
+            if settings.insert_results:
+                names = await self.canvas.insert(capture, new_layers)
+                item = dataclasses.replace(item, inserted=True)
+            self._keep(item)
             self.last_seed = result_seed
             if settings.random_seed:  # the seed box shows it: untick Random to reuse it
                 self.update_settings(seed=result_seed)
             self.changed.emit("last_seed")
-            self._say(f"Inserted {_quoted(names)}.", False)
+            if settings.insert_results:
+                self._say(f"Inserted {_quoted(names)}.", False)
+            else:
+                self._say("The result is in the tray below: click it to insert it.", False)
         except JobCancelled as error:
             if job.cancelled:
                 self._say(str(error), False)
@@ -476,6 +521,38 @@ class DockerState:
                 self.set_busy(False)
             self.refresh()
         return names
+
+    def insert_from_tray(self, index: int) -> asyncio.Future[list[str]] | None:
+        """Insert a tray item's layers where its job would have put them (they go
+        next to the layer the job started from, in its document, at its region)."""
+        if not 0 <= index < len(self.tray):
+            return None
+        return self.spawn(self._insert_from_tray(self.tray[index]))
+
+    async def _insert_from_tray(self, item: TrayItem) -> list[str]:
+        try:
+            names = await self.canvas.insert(item.capture, item.layers)
+        except PluginError as error:
+            self._refuse(error)
+            return []
+        self.tray = [
+            dataclasses.replace(each, inserted=True) if each is item else each for each in self.tray
+        ]
+        self.changed.emit("tray")
+        self._say(f"Inserted {_quoted(names)}.", False)
+        return names
+
+    def _keep(self, item: TrayItem) -> None:
+        """Put a result first in the tray; the oldest go past the count or the bytes."""
+        kept = [item]
+        total = item.size
+        for each in self.tray:
+            if len(kept) >= TRAY_ITEMS or total + each.size > TRAY_BYTES:
+                break
+            kept.append(each)
+            total += each.size
+        self.tray = kept
+        self.changed.emit("tray")
 
     def _on_progress(
         self,

@@ -6,7 +6,8 @@ connection (a dot and a word; the sentence is its tooltip) and the progress with
 steps and time left. That is three rows: at Krita's default window size the docker
 shares the right column with three others and gets about 90 px, and anything taller
 would make Krita's window grow. Below it, in a scroll area that never scrolls sideways:
-the last message, the last result (its preview and seed, reusable in one click), then
+the last message, the last result (its preview and seed, reusable in one click), the
+tray of the last results (a click inserts one), then
 the generation settings and the connection settings, each in a section that opens on a
 click. Only the settings that change what the chosen method makes on the current model
 family are shown.
@@ -45,7 +46,15 @@ from ..recipes import SDXL_TRANSPARENT_MODELS, Action
 from ..settings import FAMILY_AUTO, describe, shown_range, shown_times, tooltip, unit
 from ..state import DockerState
 from ..vendor import protocol
-from .widgets import ElidedLabel, PreviewLabel, ProgressBar, Section, SeedBox, narrow_combo
+from .widgets import (
+    ElidedLabel,
+    PreviewLabel,
+    ProgressBar,
+    ResultTray,
+    Section,
+    SeedBox,
+    narrow_combo,
+)
 
 __all__ = ["DOCKER_ID", "DockerPanel", "docker_class"]
 
@@ -112,7 +121,9 @@ class DockerPanel(QWidget):
         self._value_widgets: dict[str, QWidget] = {}
         self._build()
         self._show_settings()
-        for name in ("connection", "running", "progress", "preview", "last_seed", "message"):
+        for name in (
+            "connection", "running", "progress", "preview", "last_seed", "message", "tray",
+        ):  # fmt: skip
             self._on_changed(name)
         state.changed.connect(self._on_changed)
 
@@ -202,6 +213,9 @@ class DockerPanel(QWidget):
         result.addWidget(self.last_seed, 1)
         result.addWidget(self.reuse_seed)
         layout.addLayout(result)
+        self.tray = ResultTray(below)
+        self.tray.picked.connect(self.state.insert_from_tray)
+        layout.addWidget(self.tray)
 
         settings = Section("Settings", "settings_open", below)
         settings.toggled.connect(lambda open_: self.state.update_settings(settings_open=open_))
@@ -230,6 +244,8 @@ class DockerPanel(QWidget):
         self.fit_to_native = self._check("fit_to_native", settings.content)
         form.add_wide(self.insert_blended)
         form.add_wide(self.fit_to_native)
+        self.insert_results = self._check("insert_results", settings.content)
+        form.add_wide(self.insert_results)
         self.settings_section = settings
         layout.addWidget(settings)
 
@@ -400,6 +416,8 @@ class DockerPanel(QWidget):
             self.reuse_seed.setVisible(seed is not None)
         elif name == "message":
             self._show_message()
+        elif name == "tray":
+            self.tray.set_items(state.tray)
 
     def _show_message(self) -> None:
         """The last message; while there is no connection and no message, why not."""

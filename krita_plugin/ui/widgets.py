@@ -3,16 +3,23 @@ sections that open and close, narrow combo boxes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ..placement import NewLayer, Placement
 from ..qt import (
     QCheckBox,
     QColor,
     QComboBox,
     QHBoxLayout,
+    QIcon,
     QImage,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPainter,
     QPixmap,
     QProgressBar,
+    QSize,
     QSizePolicy,
     QSpinBox,
     Qt,
@@ -21,12 +28,13 @@ from ..qt import (
     QWidget,
     pyqtSignal,
 )
-from ..state import Progress
+from ..state import Progress, TrayItem
 
 __all__ = [
     "ElidedLabel",
     "PreviewLabel",
     "ProgressBar",
+    "ResultTray",
     "Section",
     "SeedBox",
     "narrow_combo",
@@ -82,13 +90,8 @@ def preview_pixmap(width: int, height: int, rgba: bytes, side: int) -> QPixmap:
     scaled = image.scaled(
         side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-    board = QPixmap(scaled.size())
-    board.fill(QColor(204, 204, 204))
+    board = _checkerboard(scaled.width(), scaled.height())
     painter = QPainter(board)
-    cell = 8
-    for y in range(0, scaled.height(), cell):
-        for x in range((y // cell) % 2 * cell, scaled.width(), 2 * cell):
-            painter.fillRect(x, y, cell, cell, QColor(255, 255, 255))
     painter.drawImage(0, 0, scaled)
     painter.end()
     return board
@@ -204,6 +207,82 @@ class ElidedLabel(QLabel):
         line = " ".join(self._full.split())
         shown = self.fontMetrics().elidedText(line, Qt.TextElideMode.ElideRight, self.width())
         super().setText(shown)
+
+
+class ResultTray(QListWidget):
+    """The last results as thumbnails over a checkerboard, newest first; a click
+    inserts one (`picked(index)`). An item's tooltip gives its layers' names."""
+
+    picked = pyqtSignal(int)
+    SIDE = 56
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("tray")
+        self.setViewMode(QListWidget.ViewMode.IconMode)
+        self.setFlow(QListWidget.Flow.LeftToRight)
+        self.setWrapping(False)
+        self.setMovement(QListWidget.Movement.Static)
+        self.setIconSize(QSize(self.SIDE, self.SIDE))
+        self.setFixedHeight(self.SIDE + 24)  # one row; more results scroll sideways
+        self.setToolTip("The last results: click one to insert it")
+        # Thumbnails by the layers they show (kept, so an id cannot be reused meanwhile).
+        self._pixmaps: dict[int, tuple[tuple[NewLayer, ...], QPixmap]] = {}
+        self.itemClicked.connect(lambda item: self.picked.emit(self.row(item)))
+
+    def set_items(self, items: Sequence[TrayItem]) -> None:
+        """Show the tray's items (thumbnails are made once per result)."""
+        self.clear()
+        pixmaps = {}
+        for item in items:
+            cached = self._pixmaps.get(id(item.layers))
+            if cached is None or cached[0] is not item.layers:
+                cached = (item.layers, tray_pixmap(item, self.SIDE))
+            pixmaps[id(item.layers)] = cached
+            entry = QListWidgetItem(QIcon(cached[1]), "")
+            names = "\n".join(layer.name for layer in item.layers)
+            done = "inserted; click to insert again" if item.inserted else "click to insert"
+            entry.setToolTip(f"{names}\n({done})")
+            self.addItem(entry)
+        self._pixmaps = pixmaps
+        self.setVisible(bool(items))
+
+
+def tray_pixmap(item: TrayItem, side: int) -> QPixmap:
+    """A result's visible layers, bottom first, over a checkerboard, within side × side."""
+    region = item.capture.region
+    scale = side / max(region.width, region.height, 1)
+    width, height = max(1, round(region.width * scale)), max(1, round(region.height * scale))
+    board = _checkerboard(width, height)
+    painter = QPainter(board)
+    below = [layer for layer in item.layers if layer.placement is Placement.BELOW]
+    above = [layer for layer in item.layers if layer.placement is Placement.ABOVE]
+    for layer in (*below, *above):
+        if not layer.visible:
+            continue
+        # BGRA bytes are Qt's ARGB32 on a little-endian machine; scaling without
+        # smoothing keeps a 4096² layer to a few milliseconds.
+        image = QImage(layer.pixels, region.width, region.height, region.width * 4,
+                       QImage.Format.Format_ARGB32)  # fmt: skip
+        small = image.scaled(
+            width, height, Qt.AspectRatioMode.IgnoreAspectRatio,
+            Qt.TransformationMode.FastTransformation,
+        )  # fmt: skip
+        painter.drawImage(0, 0, small)
+    painter.end()
+    return board
+
+
+def _checkerboard(width: int, height: int) -> QPixmap:
+    board = QPixmap(width, height)
+    board.fill(QColor(204, 204, 204))
+    painter = QPainter(board)
+    cell = 8
+    for y in range(0, height, cell):
+        for x in range((y // cell) % 2 * cell, width, 2 * cell):
+            painter.fillRect(x, y, cell, cell, QColor(255, 255, 255))
+    painter.end()
+    return board
 
 
 def narrow_combo(parent: QWidget | None = None) -> QComboBox:

@@ -19,6 +19,7 @@ from krita_plugin.geometry import Bounds
 from krita_plugin.placement import Capture, InputSource, NewLayer, Placement
 from krita_plugin.recipes import Action
 from krita_plugin.state import (
+    TRAY_ITEMS,
     About,
     DockerState,
     Message,
@@ -574,3 +575,42 @@ def test_what_cannot_run_on_the_family_is_refused_before_a_trigger() -> None:
     state.update_settings(family="sd15")  # SD1.5 chosen against an SDXL backend
     refusal = state.refusals[Action.TRANSPARENT_LAYER]
     assert refusal is not None and "does not offer sd15_transparent" in refusal
+
+
+def test_with_insert_results_off_a_result_waits_in_the_tray_until_picked() -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        canvas = FakeCanvas()
+        state = new_state(backend, canvas, insert_results="false")
+        await state.generate(Action.BACKGROUND)
+        assert canvas.inserted == []
+        [item] = state.tray
+        assert not item.inserted and item.seed == 11 and item.prompt == "a glass cup"
+        assert item.capture.pixels is None  # the tray keeps no input pixels
+        assert [layer.name for layer in item.layers] == ["background · seed 11 · a glass cup"]
+        assert "tray" in state.message.text
+        names = await state.insert_from_tray(0)
+        assert names == ["background · seed 11 · a glass cup"]
+        assert canvas.inserted == list(item.layers)
+        assert state.tray[0].inserted and state.message.text.startswith("Inserted")
+        assert state.insert_from_tray(5) is None  # no such item: nothing happens
+
+    run(scenario)
+
+
+def test_the_tray_keeps_the_newest_within_its_count_and_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        state = new_state(backend, FakeCanvas())
+        for _ in range(TRAY_ITEMS + 2):
+            await state.generate(Action.TRANSPARENT_LAYER)
+        assert len(state.tray) == TRAY_ITEMS and all(item.inserted for item in state.tray)
+        newest = state.tray[0]
+        one = newest.size  # 40 × 30 × 4 bytes
+        monkeypatch.setattr("krita_plugin.state.TRAY_BYTES", one * 3)
+        await state.generate(Action.TRANSPARENT_LAYER)
+        assert len(state.tray) == 3 and state.tray[1] is newest
+
+    run(scenario)

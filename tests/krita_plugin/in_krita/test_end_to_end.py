@@ -232,6 +232,7 @@ GROUPS = {
     "seed": "a random seed shows after the job and Reuse seed makes the next layer with it",
     "reconnect": "the backend restarts: the docker shows it, reconnects, and generates again",
     "floating": "a refusal of an action from the menu also floats on the canvas",
+    "tray": "with insert at once off a result waits in the tray; a click inserts it",
 }
 
 

@@ -27,6 +27,7 @@ from layerdiffuse.qt import (
     QComboBox,
     QDockWidget,
     QLabel,
+    QListWidget,
     QPlainTextEdit,
     QPoint,
     QProgressBar,
@@ -547,6 +548,46 @@ def seed_reuse(scene):
     yield from open_settings(False)
 
 
+def tray(scene):
+    run, app, document = scene.run, scene.app, scene.document
+    yield from open_settings(True)
+    insert_at_once = docker_widget("insert_results", QCheckBox)
+    insert_at_once.setChecked(False)
+    tray_list = docker_widget("tray", QListWidget)
+    shown_before = tray_list.count()
+    before = set(ids(document))
+    yield activate(document, by_name(document, USER_LAYER))
+    app.action("layerdiffuse_generate_layer").trigger()
+    yield Wait("the result in the tray", lambda: "in the tray" in message())
+    run.check("tray:nothing_inserted_at_once", set(ids(document)) == before, names(document))
+    run.check(
+        "tray:result_shown_first",
+        tray_list.isVisible() and tray_list.count() == min(shown_before + 1, 8),
+        tray_list.count(),
+    )
+    tooltip = tray_list.item(0).toolTip()
+    run.check(
+        "tray:tooltip_names_the_layer",
+        re.match(r"foreground · seed \d+ · a glass bottle", tooltip) is not None,
+        tooltip,
+    )
+    tray_list.itemClicked.emit(tray_list.item(0))  # what a click on it emits
+    yield Wait("the tray's layer", lambda: len(set(ids(document)) - before) == 1, 20.0)
+    [new] = [node for node in walk(document.rootNode()) if uid(node) not in before]
+    run.check(
+        "tray:click_inserts_above_the_layer_it_was_made_for",
+        names(document).index(new.name()) == names(document).index(USER_LAYER) + 1,
+        names(document),
+    )
+    run.check("tray:users_unchanged", scene.users_unchanged(), "")
+    new_id = uid(new)
+    app.action("edit_undo").trigger()
+    yield Wait("undo", lambda: new_id not in ids(document), 10.0)
+    run.check("tray:one_undo_step", set(ids(document)) == before, names(document))
+    insert_at_once.setChecked(True)
+    yield from open_settings(False)
+
+
 def floating_messages(window):
     """The texts Krita shows as floating messages on the canvas now."""
     return [
@@ -703,6 +744,10 @@ def scenario_sd15(run):
 
     # 5b. A random seed is shown after the job and reused in one click.
     yield from seed_reuse(scene)
+
+    # 5c. With "insert results at once" off, a result waits in the tray; a click inserts
+    # it in one undo step.
+    yield from tray(scene)
 
     # 6. Cancel: nothing is inserted.
     steps = docker_widget("steps", QSpinBox)
