@@ -145,7 +145,7 @@ _SPECS: dict[str, dict[str, Any]] = {
         "kind": "boolean",
     },
     "resize_mode": _choice(
-        "how inputs are fitted to the generation size, and results back", ResizeMode
+        "how an input layer of another size is fitted to width × height", ResizeMode
     ),
     "seed": _integer("the first result's seed; result i uses seed + i", 0, 2**32 - 1),
     "steps": _integer("sampler steps", 1, 150),

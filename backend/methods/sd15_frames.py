@@ -16,26 +16,27 @@ from protocol import LayerRole
 
 from ..model_set import ModelSet
 from .denoise import Conditioning, StepCallback, sample_passes
+from .framing import Framing, framing_for
 from .prompts import layer_prompt
 from .request import GenerationRequest, GenerationResult
-from .sizing import composite_on_gray, fit_rgba, generation_size
+from .sizing import composite_on_gray
 from .stages import encode_text, opaque_rgba, transparent_decode, vae_decode
 
 NATIVE_AREA = 512 * 512
 
 
-def generation_size_for(request: GenerationRequest) -> tuple[int, int]:
-    """(width, height) an SD1.5 method runs at for this request."""
-    native = NATIVE_AREA if request.fit_to_native else None
-    return generation_size(request.width, request.height, native_area=native)
+def framing_of(request: GenerationRequest) -> Framing:
+    """Where an SD1.5 request's pixels lie in the generation it runs at."""
+    return framing_for(
+        request.width, request.height, fit_to_native=request.fit_to_native, native_area=NATIVE_AREA
+    )
 
 
-def control_image(
-    request: GenerationRequest, role: LayerRole, width: int, height: int
-) -> torch.Tensor:
-    """A condition layer as the control encoder takes it: over 50 % gray, fitted, (1, 3, H, W)."""
-    fitted = fit_rgba(request.inputs[role], width, height, request.resize_mode)
-    return torch.from_numpy(composite_on_gray(fitted)).movedim(-1, 0)[None]
+def control_image(request: GenerationRequest, role: LayerRole, framing: Framing) -> torch.Tensor:
+    """A condition layer as the control encoder takes it: mapped into the generation and
+    composited over 50 % gray, (1, 3, h, w) in [0, 1]."""
+    image = framing.input_at_generation(request.inputs[role], request.resize_mode)
+    return torch.from_numpy(composite_on_gray(image)).movedim(-1, 0)[None]
 
 
 def run_frames(
@@ -56,8 +57,10 @@ def run_frames(
         control_role: the input layer fed to the control encoder, if the file has one.
         source: (1, 4, h, w) scaled latents for img2img, or None.
     """
-    # 1. Sizes: the model runs at multiples of 64; results go back to the asked size.
-    width, height = generation_size_for(request)
+    # 1. Sizes: the model runs at multiples of 64; inputs go in and results come back by
+    #    one exact map, so every layer lies on its input.
+    framing = framing_of(request)
+    width, height = framing.generation_size
     frames = len(frame_roles)
     rows = request.batch_size * frames
 
@@ -75,7 +78,7 @@ def run_frames(
     seeds: list[int] = []
     with models.sd15_layer_model(layer_file) as handle:
         if control_role is not None:
-            handle.set_control(control_image(request, control_role, width, height))
+            handle.set_control(control_image(request, control_role, framing))
         conditioning = Conditioning(context, uncond)
         passes = sample_passes(
             request,
@@ -94,12 +97,7 @@ def run_frames(
             for index in range(request.batch_size):
                 images.append(
                     {
-                        role: fit_rgba(
-                            layers[index * frames + f],
-                            request.width,
-                            request.height,
-                            request.resize_mode,
-                        )
+                        role: framing.to_request(layers[index * frames + f])
                         for f, role in enumerate(frame_roles)
                     }
                 )

@@ -13,7 +13,7 @@ from protocol import LayerRole
 from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
-from .sd15_frames import generation_size_for, run_frames
+from .sd15_frames import framing_of, run_frames
 from .stages import img2img_source
 
 LAYER_FILE = "layer_sd15_transparent_attn"
@@ -24,7 +24,7 @@ def run(
 ) -> GenerationResult:
     """Generate `request.image_count` transparent images: {FOREGROUND: RGBA} each."""
     # 1. The img2img source, if any, as scaled latents carrying its alpha offset.
-    source = img2img_source(models, request, generation_size_for(request))
+    source = img2img_source(models, request, framing_of(request))
     # 2. One frame, the foreground, decoded with alpha.
     return run_frames(
         request,

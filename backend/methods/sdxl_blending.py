@@ -27,7 +27,7 @@ from protocol import LayerRole, Sampler
 from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult, MethodRunner
-from .sdxl_recipe import run_layer_file
+from .sdxl_recipe import framing_of, run_layer_file, sample_layer_file
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 _DPM_SAMPLERS = (Sampler.DPMPP_2M_KARRAS, Sampler.DPMPP_2M_SDE_KARRAS)
@@ -107,32 +107,32 @@ def _two_steps(
 
         return report
 
-    # 1. The blends, all results at once, with the request's sampler.
-    blends = run_layer_file(
+    # 1. The blends, all results at once, with the request's sampler, at the generation
+    #    size: step 2 takes each blend as the original's user drags it in, unresized.
+    framing = framing_of(request)
+    given_layer = framing.input_at_generation(request.inputs[given], request.resize_mode)
+    blends, seeds = sample_layer_file(
         request,
         models,
         phase(0, request.batch_count),
+        framing=framing,
         layer_file=first_file,
-        output=_BLEND,
         transparent=False,
-        condition=(given,),
+        conditions=[given_layer],
     )
     # 2. Each result's layer from the given layer and its own blend.
     sampler = Sampler.EULER_A if request.sampler in _DPM_SAMPLERS else request.sampler
     images = []
-    for index, (layers, seed) in enumerate(zip(blends.images, blends.seeds, strict=True)):
+    for index, (blend, seed) in enumerate(zip(blends, seeds, strict=True)):
         single = replace(request, seed=seed, batch_size=1, batch_count=1, sampler=sampler)
-        result = run_layer_file(
+        (layer,), _ = sample_layer_file(
             single,
             models,
             phase(request.batch_count + index, 1),
+            framing=framing,
             layer_file=second_file,
-            output=produced,
             transparent=transparent,
-            condition=(given, _BLEND),
-            inputs={given: request.inputs[given], _BLEND: layers[_BLEND]},
+            conditions=[given_layer, blend],
         )
-        images.append({produced: result.images[0][produced], _BLEND: layers[_BLEND]})
-    return GenerationResult(
-        images=images, seeds=blends.seeds, generation_size=blends.generation_size
-    )
+        images.append({produced: framing.to_request(layer), _BLEND: framing.to_request(blend)})
+    return GenerationResult(images=images, seeds=seeds, generation_size=framing.generation_size)

@@ -16,8 +16,8 @@ from protocol import LayerRole
 from ..layerdiffuse import attach_sdxl_layer_model
 from ..model_set import ModelSet
 from .denoise import Conditioning, StepCallback, sample_passes
+from .framing import Framing, framing_for
 from .request import GenerationRequest, GenerationResult
-from .sizing import fit_rgba, generation_size
 from .stages import (
     condition_latents,
     encode_text_sdxl,
@@ -29,10 +29,11 @@ from .stages import (
 NATIVE_AREA = 1024 * 1024
 
 
-def generation_size_for(request: GenerationRequest) -> tuple[int, int]:
-    """(width, height) an SDXL method runs at for this request."""
-    native = NATIVE_AREA if request.fit_to_native else None
-    return generation_size(request.width, request.height, native_area=native)
+def framing_of(request: GenerationRequest) -> Framing:
+    """Where an SDXL request's pixels lie in the generation it runs at."""
+    return framing_for(
+        request.width, request.height, fit_to_native=request.fit_to_native, native_area=NATIVE_AREA
+    )
 
 
 def run_layer_file(
@@ -44,7 +45,6 @@ def run_layer_file(
     output: LayerRole,
     transparent: bool,
     condition: tuple[LayerRole, ...] = (),
-    inputs: dict[LayerRole, np.ndarray] | None = None,
     source: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Run one SDXL layer file and return each result's `output` layer at the requested size.
@@ -54,11 +54,54 @@ def run_layer_file(
         output: the role of the produced layer.
         transparent: decode through the SDXL transparent decoder (else opaque).
         condition: input roles whose latents are concatenated to the sample, in order.
-        inputs: the layers to take conditions from (default: the request's inputs).
         source: (1, 4, h, w) scaled latents for img2img, or None.
     """
-    # 1. Sizes: multiples of 64; results go back to the asked size.
-    width, height = generation_size_for(request)
+    # 1. Sizes: inputs go into the generation and results come back by one exact map.
+    framing = framing_of(request)
+    conditions = [
+        framing.input_at_generation(request.inputs[role], request.resize_mode) for role in condition
+    ]
+    layers, seeds = sample_layer_file(
+        request,
+        models,
+        on_step,
+        framing=framing,
+        layer_file=layer_file,
+        transparent=transparent,
+        conditions=conditions,
+        source=source,
+    )
+    return GenerationResult(
+        images=[{output: framing.to_request(layer)} for layer in layers],
+        seeds=seeds,
+        generation_size=framing.generation_size,
+    )
+
+
+def sample_layer_file(
+    request: GenerationRequest,
+    models: ModelSet,
+    on_step: StepCallback,
+    *,
+    framing: Framing,
+    layer_file: str,
+    transparent: bool,
+    conditions: list[np.ndarray],
+    source: torch.Tensor | None = None,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Run one SDXL layer file at the generation size.
+
+    Args:
+        framing: the request's framing (its generation size is the one used).
+        conditions: the condition layers at the generation size, in the reference's
+            order ((h, w, 4) uint8 straight RGBA); their latents are concatenated.
+        source: (1, 4, h, w) scaled latents for img2img, or None.
+
+    Returns:
+        Each result's layer at the generation size, (h, w, 4) uint8 straight RGBA, and
+        its seed.
+    """
+    width, height = framing.generation_size
     rows = request.batch_size
 
     # 2. Prompts and SDXL's added conditions (pooled text, size ids).
@@ -69,14 +112,11 @@ def run_layer_file(
     # 3. Merge the layer file; the file itself stays in host memory.
     state = models.layer_state_dict(layer_file, on_device=False)
     handle = attach_sdxl_layer_model(models.base.unet, state, weight=request.weight)
-    images: list[dict[LayerRole, np.ndarray]] = []
+    layers: list[np.ndarray] = []
     seeds: list[int] = []
     try:
-        if condition:
-            layers = request.inputs if inputs is None else inputs
-            handle.set_condition(
-                condition_latents(models, layers, condition, width, height, request.resize_mode)
-            )
+        if conditions:
+            handle.set_condition(condition_latents(models, conditions))
         passes = sample_passes(
             request,
             models,
@@ -93,10 +133,8 @@ def run_layer_file(
             decoded = (
                 transparent_decode(models, latents, pixels) if transparent else opaque_rgba(pixels)
             )
-            for rgba, seed in zip(decoded, batch_seeds, strict=True):
-                fitted = fit_rgba(rgba, request.width, request.height, request.resize_mode)
-                images.append({output: fitted})
-                seeds.append(seed)
+            layers += decoded
+            seeds += batch_seeds
     finally:
         handle.detach()
-    return GenerationResult(images=images, seeds=seeds, generation_size=(width, height))
+    return layers, seeds

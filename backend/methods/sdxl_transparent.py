@@ -13,7 +13,7 @@ from protocol import LayerRole
 from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult
-from .sdxl_recipe import generation_size_for, run_layer_file
+from .sdxl_recipe import framing_of, run_layer_file
 from .stages import img2img_source
 
 
@@ -34,7 +34,7 @@ def run_conv(
 def _run(
     request: GenerationRequest, models: ModelSet, on_step: StepCallback, layer_file: str
 ) -> GenerationResult:
-    source = img2img_source(models, request, generation_size_for(request))
+    source = img2img_source(models, request, framing_of(request))
     return run_layer_file(
         request,
         models,

@@ -35,6 +35,7 @@ AREA_TOLERANCE = 0.2
 """A generation size at a native area keeps its area within this fraction of it."""
 
 _Resize = Callable[[np.ndarray, int, int], np.ndarray]
+_Box = tuple[float, float, float, float]
 
 
 def generation_size(
@@ -243,21 +244,31 @@ def _scaled(side: int, scale: float) -> int:
     return max(1, int(np.round(side * scale)))
 
 
-def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+def _resize_plane(
+    plane: np.ndarray, width: int, height: int, box: _Box | None = None
+) -> np.ndarray:
     """Resample one (H, W) float32 plane with Pillow's float ("F") mode, axis by axis.
 
     A shrinking axis uses the box filter, a growing one Lanczos, an unchanged one
-    nothing.
+    nothing. With `box` (left, top, right, bottom in source pixels, fractional), that
+    part of the plane is what fills the result.
     """
     image = Image.fromarray(plane)
-    if width != image.width:
-        image = image.resize((width, image.height), _filter_for(image.width, width))
-    if height != image.height:
-        image = image.resize((width, height), _filter_for(image.height, height))
+    left, top, right, bottom = box or (0.0, 0.0, float(image.width), float(image.height))
+    if box is not None or width != image.width:
+        extent = right - left
+        image = image.resize(
+            (width, image.height), _filter_for(extent, width), box=(left, 0, right, image.height)
+        )
+    if box is not None or height != image.height:
+        extent = bottom - top
+        image = image.resize(
+            (width, height), _filter_for(extent, height), box=(0, top, width, bottom)
+        )
     return np.asarray(image, dtype=np.float32)
 
 
-def _filter_for(old_side: int, side: int) -> Image.Resampling:
+def _filter_for(old_side: float, side: int) -> Image.Resampling:
     return Image.Resampling.BOX if side < old_side else Image.Resampling.LANCZOS
 
 
@@ -276,8 +287,28 @@ def _resize_rgba(image: np.ndarray, width: int, height: int) -> np.ndarray:
     old_height, old_width = image.shape[:2]
     if (old_width, old_height) == (width, height):
         return image.copy()
+    return resample_rgba(image, width, height)
+
+
+def resample_rgba(
+    image: np.ndarray, width: int, height: int, box: _Box | None = None
+) -> np.ndarray:
+    """Resample straight RGBA (or a fractional part of it) to a size, on premultiplied colour.
+
+    Each axis is resampled with the box filter when it shrinks and Lanczos when it grows;
+    pixels that resampling leaves fully transparent get colour 0.
+
+    Args:
+        image: (H, W, 4) uint8 straight-alpha RGBA.
+        width / height: the result's size.
+        box: (left, top, right, bottom) of the source part to resample, in source pixels
+            (fractional), inside the image; None for the whole image.
+
+    Returns:
+        (height, width, 4) uint8 straight-alpha RGBA.
+    """
     alpha = image[..., 3].astype(np.float32) / 255.0
-    resized_alpha = _resize_plane(alpha, width, height)
+    resized_alpha = _resize_plane(alpha, width, height, box)
     alpha_byte = np.rint(np.clip(resized_alpha, 0.0, 1.0) * 255.0)
     visible = alpha_byte > 0
     divisor = np.where(visible, alpha_byte / 255.0, 1.0)
@@ -285,7 +316,7 @@ def _resize_rgba(image: np.ndarray, width: int, height: int) -> np.ndarray:
     result[..., 3] = alpha_byte
     for channel in range(3):
         premultiplied = image[..., channel].astype(np.float32) / 255.0 * alpha
-        plane = _resize_plane(premultiplied, width, height)
+        plane = _resize_plane(premultiplied, width, height, box)
         colour = np.clip(plane / divisor, 0.0, 1.0) * 255.0
         result[..., channel] = np.where(visible, np.rint(colour), 0)
     return result

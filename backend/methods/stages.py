@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from protocol import LayerRole, ResizeMode
+from protocol import LayerRole
 
 from ..layerdiffuse import decoder_output_to_rgba, encoder_input
 from ..model_set import ModelSet
+from .framing import Framing
 from .prompts import encode_prompts, encode_prompts_sdxl
 from .request import GenerationRequest
-from .sizing import composite_on_gray, fit_rgba, to_uint8
+from .sizing import composite_on_gray, to_uint8
 
 # The original composites img2img sources on (127, 127, 127) before the VAE.
 IMG2IMG_GRAY = 127 / 255
@@ -69,40 +70,29 @@ def encode_text_sdxl(
 
 
 @torch.no_grad()
-def encode_condition(
-    models: ModelSet,
-    image: np.ndarray,
-    width: int,
-    height: int,
-    mode: ResizeMode,
-) -> torch.Tensor:
+def encode_condition(models: ModelSet, image: np.ndarray) -> torch.Tensor:
     """A condition layer as the SDXL conditional models take it (layerdiffuse.md §4).
 
-    Over 50 % gray, fitted to the generation size, VAE-encoded (the posterior's mean:
-    Forge draws a sample, which only adds noise to a condition), times the scaling factor.
+    Over 50 % gray, VAE-encoded (the posterior's mean: Forge draws a sample, which only
+    adds noise to a condition), times the scaling factor.
+
+    Args:
+        image: (h, w, 4) uint8 straight RGBA at the generation size.
 
     Returns:
-        (1, 4, height/8, width/8) in the set's dtype.
+        (1, 4, h/8, w/8) in the set's dtype.
     """
     vae = models.base.vae
-    on_gray = composite_on_gray(fit_rgba(image, width, height, mode))
+    on_gray = composite_on_gray(image)
     vae_input = torch.from_numpy(on_gray * 2.0 - 1.0).movedim(-1, 0)[None]
     latents = vae.encode(vae_input.to(device=models.device, dtype=vae.dtype)).latent_dist.mean
     return (latents * vae.config.scaling_factor).to(models.dtype)
 
 
-def condition_latents(
-    models: ModelSet,
-    inputs: dict[LayerRole, np.ndarray],
-    roles: tuple[LayerRole, ...],
-    width: int,
-    height: int,
-    mode: ResizeMode,
-) -> torch.Tensor:
-    """The concatenated condition latents of `roles`, in that order (e.g. [bg, blend])."""
-    return torch.cat(
-        [encode_condition(models, inputs[role], width, height, mode) for role in roles], 1
-    )
+def condition_latents(models: ModelSet, images: list[np.ndarray]) -> torch.Tensor:
+    """The concatenated condition latents of layers at the generation size, in order
+    (e.g. [bg, blend]): (1, 4 · len(images), h/8, w/8)."""
+    return torch.cat([encode_condition(models, image) for image in images], 1)
 
 
 @torch.no_grad()
@@ -169,12 +159,12 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
 
 
 def img2img_source(
-    models: ModelSet, request: GenerationRequest, size: tuple[int, int]
+    models: ModelSet, request: GenerationRequest, framing: Framing
 ) -> torch.Tensor | None:
-    """A transparent method's img2img source: its foreground input fitted to `size`
-    (width, height) with the request's resize mode and encoded as above; None for txt2img.
+    """A transparent method's img2img source: its foreground input mapped into the
+    generation (`Framing.input_at_generation`) and encoded as above; None for txt2img.
     """
     rgba = request.inputs.get(LayerRole.FOREGROUND)
     if rgba is None:
         return None
-    return encode_transparent_source(models, fit_rgba(rgba, *size, request.resize_mode))
+    return encode_transparent_source(models, framing.input_at_generation(rgba, request.resize_mode))

@@ -11,6 +11,7 @@ import torch
 from backend import model_set
 from backend.errors import InvalidRequest
 from backend.methods import sd15_frames
+from backend.methods.framing import Framing
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
 from backend.model_set import ModelSet
@@ -159,9 +160,10 @@ def test_a_missing_condition_layer_is_refused(
     assert str(caught.value) == message
 
 
-def test_control_image_is_composited_on_gray_and_fitted() -> None:
-    request = request_for(Method.SD15_FG_TO_BG)
-    image = sd15_frames.control_image(request, FG, 64, 128)
+def test_control_image_is_composited_on_gray_and_mapped_into_the_generation() -> None:
+    request = request_for(Method.SD15_FG_TO_BG, width=64, height=96)
+    framing = Framing(request_size=(64, 96), generation_size=(64, 128))
+    image = sd15_frames.control_image(request, FG, framing)
     assert image.shape == (1, 3, 128, 64) and image.dtype == torch.float32
     # Transparent pixels become 50 % gray, as the original's rgba2rgbfp32 makes them.
     assert torch.allclose(image[0, :, 0, 0], torch.full((3,), 0.5))

@@ -12,8 +12,7 @@ from backend.errors import Cancelled, InvalidRequest
 from backend.methods import registry, sd15_transparent
 from backend.methods.registry import check_request, run_method
 from backend.methods.request import GenerationRequest, GenerationResult
-from backend.methods.sd15_frames import generation_size_for
-from backend.methods.sizing import fit_rgba
+from backend.methods.sd15_frames import framing_of
 from backend.methods.stages import encode_transparent_source, transparent_decode, vae_decode
 from backend.model_set import ModelSet
 from protocol import LayerRole, Method, ModelFamily, ResizeMode, Sampler
@@ -153,11 +152,10 @@ def test_img2img_at_denoise_0_is_the_sources_round_trip_through_encoder_and_deco
     assert np.array_equal(result, other)
 
     request = GenerationRequest(method=Method.SD15_TRANSPARENT, width=80, height=50)
-    width, height = generation_size_for(request)
-    mode = request.resize_mode
-    latents = encode_transparent_source(demo_models, fit_rgba(source, width, height, mode))
+    framing = framing_of(request)
+    latents = encode_transparent_source(demo_models, framing.to_generation(source))
     (decoded,) = transparent_decode(demo_models, latents, vae_decode(demo_models, latents))
-    assert np.array_equal(result, fit_rgba(decoded, 80, 50, mode))
+    assert np.array_equal(result, framing.to_request(decoded))
 
 
 def test_stop_at_0_never_uses_the_layer_model_and_differs_from_stop_at_1(

@@ -99,39 +99,41 @@ def test_the_condition_steers_the_result(demo_sdxl_models: ModelSet) -> None:
 def test_conditions_are_concatenated_in_the_references_order(
     demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[LayerRole, ...]] = []
+    seen: list[list[tuple[int, int, int]]] = []
     original = sdxl_recipe.condition_latents
 
-    def spy(models, inputs, roles, width, height, mode):
-        seen.append(roles)
-        return original(models, inputs, roles, width, height, mode)
+    def spy(models, images):
+        seen.append([tuple(image[48, 32, :3]) for image in images])  # each layer's colour
+        return original(models, images)
 
     monkeypatch.setattr(sdxl_recipe, "condition_latents", spy)
     for method in (Method.SDXL_FG_BLEND_TO_BG, Method.SDXL_BG_BLEND_TO_FG):
         run_method(request_for(method), demo_sdxl_models)
-    assert seen == [(FG, BLEND), (BG, BLEND)]
+    fg, bg, blend = ((220, 40, 20), (20, 90, 200), (120, 110, 100))
+    assert seen == [[fg, blend], [bg, blend]]
 
 
 def test_the_one_click_workflow_chains_two_steps_with_a_sampler_that_suits_the_second(
     demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, Sampler, int, tuple[LayerRole, ...]]] = []
-    original = sdxl_blending.run_layer_file
+    calls: list[tuple[str, Sampler, int, int]] = []
+    original = sdxl_blending.sample_layer_file
 
     def spy(request, models, on_step, **options):
-        calls.append((options["layer_file"], request.sampler, request.seed, options["condition"]))
+        conditions = len(options["conditions"])
+        calls.append((options["layer_file"], request.sampler, request.seed, conditions))
         return original(request, models, on_step, **options)
 
-    monkeypatch.setattr(sdxl_blending, "run_layer_file", spy)
+    monkeypatch.setattr(sdxl_blending, "sample_layer_file", spy)
     progress: list[tuple[int, int]] = []
     request = request_for(Method.SDXL_FG_TO_BG, batch_size=2, sampler=Sampler.DPMPP_2M_SDE_KARRAS)
     result = run_method(
         request, demo_sdxl_models, lambda step, total, _: progress.append((step, total))
     )
     assert calls == [
-        ("layer_xl_fg2ble", Sampler.DPMPP_2M_SDE_KARRAS, 9, (FG,)),
-        ("layer_xl_fgble2bg", Sampler.EULER_A, 9, (FG, BLEND)),
-        ("layer_xl_fgble2bg", Sampler.EULER_A, 10, (FG, BLEND)),
+        ("layer_xl_fg2ble", Sampler.DPMPP_2M_SDE_KARRAS, 9, 1),  # the foreground
+        ("layer_xl_fgble2bg", Sampler.EULER_A, 9, 2),  # the foreground and its blend
+        ("layer_xl_fgble2bg", Sampler.EULER_A, 10, 2),
     ]
     assert [set(layers) for layers in result.images] == [{BG, BLEND}] * 2
     # One progress bar over both steps: 2 steps for the blends, 2 for each background.
@@ -142,13 +144,13 @@ def test_a_sampler_that_suits_both_steps_is_kept(
     demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     samplers: list[Sampler] = []
-    original = sdxl_blending.run_layer_file
+    original = sdxl_blending.sample_layer_file
 
     def spy(request, models, on_step, **options):
         samplers.append(request.sampler)
         return original(request, models, on_step, **options)
 
-    monkeypatch.setattr(sdxl_blending, "run_layer_file", spy)
+    monkeypatch.setattr(sdxl_blending, "sample_layer_file", spy)
     run_method(request_for(Method.SDXL_BG_TO_FG, sampler=Sampler.UNIPC), demo_sdxl_models)
     assert samplers == [Sampler.UNIPC, Sampler.UNIPC]
 
