@@ -66,7 +66,7 @@ DEFAULT_BASES = {
 }
 DEFAULT_NEGATIVE = "bad, ugly"
 DEFAULT_OUTPUT = Path("outputs")
-BENCH_STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport")
+BENCH_STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo")
 """`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
 
 METHOD_SUMMARIES: dict[Method, str] = {
@@ -445,7 +445,7 @@ def _add_bench(commands: Any) -> None:
         type=_stages,
         default=None,
         help=f"comma-separated, of {', '.join(BENCH_STAGES)} "
-        "(default: all on CUDA; decoder and transport on a CPU)",
+        "(default: all but demo on CUDA; decoder and transport on a CPU)",
     )
     bench.add_argument(
         "--json", type=_new_file, metavar="FILE", help="also write the report as JSON"

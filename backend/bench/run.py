@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from .decoder import bench_transparent_decoder
+from .demo import bench_demo
 from .jobs import bench_sd15_jobs, bench_sdxl_jobs
 from .report import BenchReport, Timing
 from .transport import bench_transport
 from .unets import bench_sd15, bench_sdxl
 
-STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport")
+STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo")
 
 
 def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
@@ -42,15 +43,16 @@ def run_bench(
         stages: which groups to run (`STAGES`): "decoder" (transparent decode), "sd15" /
             "sdxl" (text, UNet step with each layer model, VAE), "methods" /
             "sdxl_methods" (whole jobs), "transport" (a 4096² layer over loopback, raw vs
-            PNG); None: all on CUDA, the decoder and the transport on a CPU (real-size
-            models on a CPU take minutes).
+            PNG), "demo" (the quick start's demo job stage by stage, and the whole
+            command); None: all but "demo" on CUDA, the decoder and the transport on a
+            CPU (real-size models on a CPU take minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
     side = size or (1024 if cuda else 128)
     if stages is None:
-        stages = STAGES if cuda else ("decoder", "transport")
+        stages = STAGES[:-1] if cuda else ("decoder", "transport")
     name = torch.cuda.get_device_name(target) if cuda else "cpu"
     report = BenchReport(name, str(torch_dtype).removeprefix("torch."), side, torch.__version__)
     if "decoder" in stages:
@@ -61,6 +63,8 @@ def run_bench(
         bench_sdxl(report, target, torch_dtype, 1024 if cuda else min(side, 1024), repeat)
     if "transport" in stages:
         bench_transport_stage(report, repeat)
+    if "demo" in stages:
+        bench_demo(report, target, repeat, size or 512)
     if "methods" in stages:
         if cuda:
             bench_sd15_jobs(report, target, torch_dtype, repeat)

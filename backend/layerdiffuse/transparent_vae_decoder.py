@@ -225,10 +225,16 @@ class TransparentVAEDecoder(nn.Module):
 
 
 def views_per_batch(pixel: torch.Tensor) -> int:
-    """How many TTA views of `pixel` fit in one pass on its device (1..8).
+    """How many TTA views of `pixel` to run in one pass on its device (1..8).
 
-    On CUDA: the free memory, with half kept back. Elsewhere: a 2 GiB budget.
+    On a CPU: one. Its convolutions already use every core at one view, and a batch of
+    views only grows the working set past the caches: at 512² the demo decoder takes
+    2.1x as long with 8 views per pass as with one (docs/benchmarks.md, 2-core VM).
+    On CUDA: as many as the free memory allows, with half kept back. On other devices:
+    as many as fit a 2 GiB budget.
     """
+    if pixel.device.type == "cpu":
+        return 1
     batch, _, height, width = pixel.shape
     element_scale = pixel.element_size() / 2
     per_view = batch * height * width * _BYTES_PER_PIXEL_PER_VIEW_FP16 * element_scale

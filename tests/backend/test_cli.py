@@ -467,3 +467,23 @@ def test_the_cli_knows_the_bench_stages_without_importing_the_bench() -> None:
     from backend.bench import STAGES
 
     assert STAGES == BENCH_STAGES
+
+
+@pytest.mark.slow
+def test_bench_times_the_demo_job_stage_by_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], demo_xdg_cache: Path
+) -> None:
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--device", "cpu", "--size", "64", "--repeat", "1", "--stages", "demo"]
+    assert main([*argv, "--json", str(report)]) == 0
+    timings = {(t["stage"], t["variant"]): t for t in json.loads(report.read_text())["timings"]}
+    for key in (
+        ("demo start-up", "import torch, diffusers, methods"),
+        ("demo start-up", "open the demo model set"),
+        ("SD1.5 job breakdown", "sampler, 20 steps"),
+        ("SD1.5 job breakdown", "VAE decode"),
+        ("demo command", "layerdiffuse generate --demo … at 64², whole"),
+    ):
+        assert timings[key]["milliseconds"] > 0, key
+    one_view = timings[("demo decode 64²", "1 view per pass")]
+    assert one_view["baseline"] == "8 views per pass" and one_view["ratio"] > 0
