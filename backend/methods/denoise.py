@@ -16,7 +16,8 @@ import torch
 
 from protocol import Sampler
 
-from .samplers import SAMPLERS_WITH_NOISE, make_scheduler
+from .samplers import SAMPLERS_WITH_NOISE
+from .schedule import plan_schedule
 
 if TYPE_CHECKING:
     from ..model_set import ModelSet
@@ -90,7 +91,8 @@ def denoise(
         context / uncond_context: (B, tokens, hidden) positive and negative rows.
         cfg_scale: guidance scale; 1 skips the negative pass.
         steps: sampler steps for the full schedule.
-        strength: img2img denoising strength; the last `int(steps·strength)` steps run.
+        strength: img2img denoising strength: how far into the schedule the run starts,
+            as A1111 counts it (`schedule.plan_schedule`: 0.7 of 20 DPM++ steps is 15 calls).
         on_step: progress callback.
         use_layer_model: switches the layer model on/off (for Stop At); None if unused.
         ending_step: fraction of the schedule with the layer model.
@@ -100,20 +102,16 @@ def denoise(
     Returns:
         (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
     """
-    scheduler = make_scheduler(sampler, scheduler_config)
-    scheduler.set_timesteps(steps, device=noise.device)
-    timesteps = scheduler.timesteps
-    if latents is None:
-        sample = noise * scheduler.init_noise_sigma
-    else:
-        run_steps = min(int(steps * strength), steps)
-        start = (steps - run_steps) * scheduler.order
-        timesteps = timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
-        if len(timesteps) == 0:
-            return latents
-        sample = scheduler.add_noise(latents, noise, timesteps[:1])
+    schedule = plan_schedule(
+        sampler,
+        scheduler_config,
+        steps,
+        img2img=latents is not None,
+        strength=strength,
+        device=noise.device,
+    )
+    scheduler, timesteps = schedule.scheduler, schedule.timesteps
+    sample = schedule.start(latents, noise)
 
     stop_at = stop_timestep(ending_step)
     step_kwargs: dict[str, Any] = {}

@@ -10,8 +10,10 @@ import torch
 
 from backend.errors import Cancelled, InvalidRequest
 from backend.methods import registry, sd15_transparent
+from backend.methods.denoise import seeded_noise
 from backend.methods.registry import check_request, run_method
 from backend.methods.request import GenerationRequest, GenerationResult
+from backend.methods.schedule import plan_schedule
 from backend.methods.sd15_frames import framing_of
 from backend.methods.stages import encode_transparent_source, transparent_decode, vae_decode
 from backend.model_set import ModelSet
@@ -141,20 +143,33 @@ def test_transparent_img2img_starts_from_the_foreground(demo_models: ModelSet) -
     assert not np.array_equal(img2img, txt2img)
 
 
-def test_img2img_at_denoise_0_is_the_sources_round_trip_through_encoder_and_decoder(
+def test_img2img_at_denoise_0_with_ddim_is_the_sources_round_trip_at_timestep_1(
     demo_models: ModelSet,
 ) -> None:
-    """No step runs: the result is the encoded source decoded, whatever the seed or prompt."""
+    """No UNet call runs (A1111's DDIM at t_enc 0): the result is the encoded source, noised
+    to timestep 1, decoded, whatever the prompt."""
     source = _disc(50, 80)
-    options = {"width": 80, "height": 50, "inputs": {FG: source}, "denoise_strength": 0.0}
+    options = {
+        "width": 80,
+        "height": 50,
+        "inputs": {FG: source},
+        "denoise_strength": 0.0,
+        "sampler": Sampler.DDIM,
+    }
     result = _foreground(_generate(demo_models, seed=1, **options))
-    other = _foreground(_generate(demo_models, seed=2, prompt="a tree", **options))
+    other = _foreground(_generate(demo_models, seed=1, prompt="a tree", **options))
     assert np.array_equal(result, other)
 
     request = GenerationRequest(method=Method.SD15_TRANSPARENT, width=80, height=50)
     framing = framing_of(request)
     latents = encode_transparent_source(demo_models, framing.to_generation(source))
-    (decoded,) = transparent_decode(demo_models, latents, vae_decode(demo_models, latents))
+    noise, _ = seeded_noise([1], tuple(latents.shape[1:]), demo_models.device, demo_models.dtype)
+    schedule = plan_schedule(
+        Sampler.DDIM, demo_models.base.scheduler_config, 2, img2img=True, strength=0.0
+    )
+    assert len(schedule.timesteps) == 0
+    start = schedule.start(latents, noise)
+    (decoded,) = transparent_decode(demo_models, start, vae_decode(demo_models, start))
     assert np.array_equal(result, framing.to_request(decoded))
 
 
