@@ -44,7 +44,9 @@ def encode_text_sdxl(
     """SDXL's contexts and its added conditions (pooled text, size ids), one row per prompt.
 
     The size ids are (original, crop offset, target) = ((H, W), (0, 0), (H, W)) for every
-    row, as A1111 and Forge send them for a generation of that size.
+    row, as A1111 and Forge send them for a generation of that size. An empty negative
+    prompt is all zeros, context and pooled text alike, as A1111's SDXL conditioner makes
+    it (`force_zero_embeddings`).
 
     Returns:
         (context, uncond_context, (negative added conditions, positive added conditions)).
@@ -61,6 +63,10 @@ def encode_text_sdxl(
     context = context.to(device=models.device, dtype=models.dtype)
     pooled = pooled.to(device=models.device, dtype=models.dtype)
     rows = len(prompts)
+    for index, text in enumerate(negative_prompts):
+        if text == "":
+            context[rows + index] = 0
+            pooled[rows + index] = 0
     time_ids = torch.tensor(
         [[height, width, 0, 0, height, width]] * rows, device=models.device, dtype=models.dtype
     )

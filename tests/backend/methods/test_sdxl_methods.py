@@ -11,6 +11,7 @@ import torch
 from backend.methods import sdxl_blending, sdxl_recipe
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
+from backend.methods.stages import encode_text_sdxl
 from backend.model_set import ModelSet
 from backend.store.model_sets import open_model_set
 from protocol import METHOD_SPECS, LayerRole, Method, ModelFamily, Sampler
@@ -176,3 +177,16 @@ def test_sdxl_vae_is_kept_in_float32_when_the_set_runs_in_half(demo_cache_dir: P
     assert models.base.vae.config.force_upcast is True
     assert models.base.vae.dtype == torch.float32
     assert models.base.unet.dtype == torch.float16
+
+
+def test_an_empty_negative_prompt_is_zeros_as_a1111s_sdxl_makes_it(
+    demo_sdxl_models: ModelSet,
+) -> None:
+    context, uncond, (negative, positive) = encode_text_sdxl(
+        demo_sdxl_models, ["an apple", "an apple"], ["", "bad, ugly"], 64, 64
+    )
+    pooled = negative["text_embeds"]
+    assert torch.count_nonzero(uncond[0]) == 0 and torch.count_nonzero(pooled[0]) == 0
+    assert torch.count_nonzero(uncond[1]) > 0 and torch.count_nonzero(pooled[1]) > 0
+    assert torch.count_nonzero(context) > 0
+    assert torch.equal(negative["time_ids"], positive["time_ids"])  # the sizes stay
