@@ -79,6 +79,7 @@ def denoise(
     use_layer_model: Callable[[bool], None] | None = None,
     ending_step: float = 1.0,
     added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    layer_context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the sampler.
 
@@ -98,6 +99,9 @@ def denoise(
         ending_step: fraction of the schedule with the layer model.
         added_conditions: SDXL's `added_cond_kwargs` rows (text_embeds, time_ids) for the
             negative and the positive rows, or None for SD1.5.
+        layer_context: (B, tokens, hidden) positive rows while the layer model is on (the
+            per-layer prompts); after Stop At the positive rows are `context`. The
+            negative rows are `uncond_context` throughout.
 
     Returns:
         (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
@@ -119,6 +123,9 @@ def denoise(
         step_kwargs["generator"] = generators
     guided = cfg_scale != 1.0
     full_context = torch.cat([uncond_context, context]) if guided else context
+    full_layer_context = full_context
+    if layer_context is not None:
+        full_layer_context = torch.cat([uncond_context, layer_context]) if guided else layer_context
     unet_kwargs: dict[str, Any] = {}
     if added_conditions is not None:
         negative_rows, positive_rows = added_conditions
@@ -129,12 +136,14 @@ def denoise(
 
     total = len(timesteps)
     for index, timestep in enumerate(timesteps):
+        layer_model_on = stop_at is None or float(timestep) >= stop_at
         if use_layer_model is not None:
-            use_layer_model(stop_at is None or float(timestep) >= stop_at)
+            use_layer_model(layer_model_on)
         model_input = torch.cat([sample, sample]) if guided else sample
         model_input = scheduler.scale_model_input(model_input, timestep)
+        step_context = full_layer_context if layer_model_on else full_context
         prediction = unet(
-            model_input, timestep, encoder_hidden_states=full_context, **unet_kwargs
+            model_input, timestep, encoder_hidden_states=step_context, **unet_kwargs
         ).sample
         if guided:
             negative, positive = prediction.chunk(2)
@@ -146,11 +155,19 @@ def denoise(
 
 @dataclass(frozen=True)
 class Conditioning:
-    """What the UNet is conditioned on for every pass of a job (rows of one pass)."""
+    """What the UNet is conditioned on for every pass of a job (rows of one pass).
+
+    Attributes:
+        context / uncond_context: the positive and negative rows.
+        added_conditions: SDXL's added conditions (negative rows, positive rows).
+        layer_context: positive rows while the layer model is on, if they differ from
+            `context` (SD1.5's per-layer prompts).
+    """
 
     context: torch.Tensor
     uncond_context: torch.Tensor
     added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    layer_context: torch.Tensor | None = None
 
 
 def sample_passes(
@@ -204,5 +221,6 @@ def sample_passes(
             use_layer_model=use_layer_model,
             ending_step=request.ending_step,
             added_conditions=conditioning.added_conditions,
+            layer_context=conditioning.layer_context,
         )
         yield seeds, latents

@@ -65,13 +65,17 @@ def run_frames(
     rows = request.batch_size * frames
 
     # 2. Prompts: each frame's own layer prompt ("<layer>, <prompt>") replaces only the
-    #    positive context, as the original's cond_overwrite does.
+    #    positive context, and only while the layer model is on, as the original's
+    #    cond_overwrite does inside the attention-sharing units (they are every
+    #    cross-attention of SD1.5's UNet); after Stop At the UNet sees the prompt.
     frame_prompts = [
         layer_prompt(request.layer_prompts.get(role, ""), request.prompt) for role in frame_roles
     ]
-    context, uncond = encode_text(
-        models, frame_prompts * request.batch_size, [request.negative_prompt] * rows
-    )
+    layered = frame_prompts != [request.prompt] * frames
+    prompts = [request.prompt] * rows + (frame_prompts * request.batch_size if layered else [])
+    contexts, uncond = encode_text(models, prompts, [request.negative_prompt] * len(prompts))
+    uncond = uncond[:rows]
+    context, layer_context = contexts[:rows], (contexts[rows:] if layered else None)
 
     # 3. The layer model, with its control image; the UNet is restored whatever happens.
     images: list[dict[LayerRole, np.ndarray]] = []
@@ -79,7 +83,7 @@ def run_frames(
     with models.sd15_layer_model(layer_file) as handle:
         if control_role is not None:
             handle.set_control(control_image(request, control_role, framing))
-        conditioning = Conditioning(context, uncond)
+        conditioning = Conditioning(context, uncond, layer_context=layer_context)
         passes = sample_passes(
             request,
             models,

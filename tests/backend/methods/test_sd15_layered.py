@@ -14,6 +14,7 @@ from backend.methods import sd15_frames
 from backend.methods.framing import Framing
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
+from backend.methods.stages import encode_text
 from backend.model_set import ModelSet
 from backend.store.model_sets import open_model_set
 from protocol import METHOD_SPECS, LayerRole, Method, Sampler
@@ -85,30 +86,56 @@ def test_batch_count_continues_the_seeds(demo_models: ModelSet) -> None:
     assert run_method(request, demo_models).seeds == [5, 7, 9, 11]
 
 
-def test_layer_prompts_replace_only_the_positive_context_per_frame(
-    demo_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+def test_layer_prompts_replace_only_the_positive_rows_and_only_until_stop_at(
+    demo_models: ModelSet,
 ) -> None:
-    seen: list[tuple[list[str], list[str]]] = []
-    encode = sd15_frames.encode_text
+    """As the original's cond_overwrite: frame f's positive rows see "<layer>, <prompt>"
+    while the layer model is on; after Stop At the plain UNet sees the prompt."""
+    unet = demo_models.base.unet
+    seen: list[torch.Tensor] = []
 
-    def spy(models: ModelSet, prompts: list[str], negatives: list[str]):
-        seen.append((prompts, negatives))
-        return encode(models, prompts, negatives)
+    def look(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append(kwargs["encoder_hidden_states"].clone())
 
-    monkeypatch.setattr(sd15_frames, "encode_text", spy)
     request = request_for(
         Method.SD15_JOINT,
         prompt="high quality",
         layer_prompts={FG: "apple", BLEND: "apple on a table"},
-        batch_size=2,
         width=64,
         height=64,
+        steps=4,
+        sampler=Sampler.EULER,  # timesteps 999, 666 | 333, 0: Stop At 0.5 stops after two
+        ending_step=0.5,
     )
-    run_method(request, demo_models)
-    ((prompts, negatives),) = seen
-    frames = ["apple, high quality", "high quality", "apple on a table, high quality"]
-    assert prompts == frames * 2  # interleaved: fg, bg, blend of result 0, then result 1
-    assert negatives == ["bad, ugly"] * 6
+    hook = unet.register_forward_pre_hook(look, with_kwargs=True)
+    try:
+        run_method(request, demo_models)
+    finally:
+        hook.remove()
+    texts = ["high quality", "apple, high quality", "apple on a table, high quality"]
+    (main, fg, blend), (negative, _, _) = encode_text(demo_models, texts, ["bad, ugly"] * 3)
+    layered = torch.stack([fg, main, blend])  # frames: foreground, background, blend
+    plain = torch.stack([main, main, main])
+    assert len(seen) == 4 and all(context.shape[0] == 6 for context in seen)  # uncond | cond
+    for step, context in enumerate(seen):
+        torch.testing.assert_close(context[:3], negative.expand(3, -1, -1))
+        torch.testing.assert_close(context[3:], layered if step < 2 else plain)
+
+
+def test_without_layer_prompts_every_step_sees_the_prompt(demo_models: ModelSet) -> None:
+    unet = demo_models.base.unet
+    seen: list[torch.Tensor] = []
+    hook = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]),
+        with_kwargs=True,
+    )
+    try:
+        run_method(request_for(Method.SD15_FG_TO_BG, width=64, height=64), demo_models)
+    finally:
+        hook.remove()
+    (main,), _ = encode_text(demo_models, ["a cat on a sofa"], ["bad, ugly"])
+    for context in seen:
+        torch.testing.assert_close(context[2:], main.expand(2, -1, -1))
 
 
 def test_a_layer_prompt_changes_that_layer(demo_models: ModelSet) -> None:
