@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import JobCancelled, JobFailed, JobLost, NotConnected
+from .pixels import Buffer
+from .timing import timed
 from .user_messages import for_close, for_connection_failure, for_error, server_label
 from .vendor import protocol, websocket_client, websocket_exceptions
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 CLIENT_NAME = "krita-layerdiffuse/0.1.0"
 RETRY_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
 """Seconds before each reconnect attempt; the last one repeats."""
+SEND_CHUNK_BYTES = 1 << 20
+"""Image bytes per frame the plugin sends: websockets masks each frame in pure Python
+inside Krita (about 15 ms per MiB on a small machine), and the UI thread runs between
+frames."""
 MAX_FRAME_BYTES = 1 << 28
 """Largest frame accepted from the backend (its chunks are 4 MiB by default)."""
 
@@ -51,7 +57,8 @@ class JobResult:
 
     index: int
     seed: int
-    layers: dict[protocol.LayerRole, bytes]
+    layers: dict[protocol.LayerRole, Buffer]
+    """The received buffers themselves (memoryviews), not copies."""
 
 
 @dataclass
@@ -187,7 +194,8 @@ class BackendClient:
             if (url, token) != (self.url, self.token):
                 self._reconfigured = True  # changed while connecting: start again
                 return None
-            client = protocol.ClientProtocol(CLIENT_NAME)
+            # Received images fault their pages in a frame at a time, not 64 MiB at once.
+            client = protocol.ClientProtocol(CLIENT_NAME, prefault_images=False)
             self._websocket, self._protocol = websocket, client
             await self._send(client.send_hello(self._session))
             try:
@@ -204,10 +212,11 @@ class BackendClient:
         """Handle the backend's frames until the connection closes."""
         async for message in websocket:
             try:
-                if isinstance(message, str):
-                    events = client.receive_text(message)
-                else:
-                    events = client.receive_binary(message)
+                with timed(f"decoding a {len(message)}-byte frame"):
+                    if isinstance(message, str):
+                        events = client.receive_text(message)
+                    else:
+                        events = client.receive_binary(message)
             except protocol.UnsupportedVersion:
                 raise
             except protocol.ProtocolError as error:
@@ -240,7 +249,9 @@ class BackendClient:
         elif isinstance(event, protocol.ResultReceived):
             job = self._jobs.get(event.result.job)
             if job is not None:
-                layers = {role: bytes(data) for role, data in event.images.items()}
+                # The received buffers themselves: a copy of a 4096² layer would hold the
+                # UI thread for 60 ms.
+                layers = dict(event.images.items())
                 job.results.append(JobResult(event.result.index, event.result.seed, layers))
         elif isinstance(event, protocol.JobDone):
             self._done(event.done)
@@ -317,7 +328,7 @@ class BackendClient:
         if client is None or client.welcome is None or self.state is not ConnectionState.CONNECTED:
             raise NotConnected(self.status)
         try:
-            frames = client.send_submit(submit, images)
+            frames = client.submit_frames(submit, images, SEND_CHUNK_BYTES)
         except protocol.ProtocolError as error:
             raise self._job_failed(error.code.value, str(error)) from error
         job = _PendingJob(submit.job, on_progress, asyncio.get_running_loop().create_future())
@@ -401,10 +412,16 @@ class BackendClient:
             raise NotConnected(self.status)
         return self._protocol
 
-    async def _send(self, frames: list[str | bytes]) -> None:
+    async def _send(self, frames: Iterable[str | bytes]) -> None:
         websocket = self._websocket
         if websocket is None:
             raise NotConnected(self.status)
         async with self._send_lock:
-            for frame in frames:
-                await websocket.send(frame)
+            for index, frame in enumerate(frames):
+                if index:
+                    # Let Qt run between frames (each is made when taken, see
+                    # `submit_frames`): websockets sends without yielding while the
+                    # socket's buffer has room.
+                    await asyncio.sleep(0)
+                with timed(f"sending a {len(frame)}-byte frame"):
+                    await websocket.send(frame)

@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .qt import QTimer
+from .timing import timed
 
 __all__ = ["EventLoop"]
 
@@ -54,7 +55,8 @@ class EventLoop:
         if loop is None or loop.is_running() or loop.is_closed():
             return
         loop.call_soon(loop.stop)
-        loop.run_forever()
+        with timed("one step of the plugin's event loop"):
+            loop.run_forever()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Start a coroutine as a task on the loop (it runs from the next tick on)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .geometry import Bounds
+from .pixels import Buffer
 
 __all__ = ["Capture", "InputSource", "NewLayer", "Placement"]
 
@@ -48,7 +49,7 @@ class Capture:
     anchor_id: str
     anchor_name: str
     region: Bounds
-    pixels: bytes | None = None
+    pixels: Buffer | None = None
 
 
 @dataclass(frozen=True)
@@ -66,5 +67,5 @@ class NewLayer:
 
     name: str
     placement: Placement
-    pixels: bytes
+    pixels: Buffer
     visible: bool = True

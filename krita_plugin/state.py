@@ -35,6 +35,7 @@ from .errors import (
     UnsupportedDocument,
 )
 from .geometry import Bounds
+from .pixels import Buffer
 from .placement import Capture, InputSource, NewLayer
 from .recipes import Action, Recipe, recipe_for, step_inputs
 from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
@@ -65,6 +66,14 @@ class Canvas(Protocol):
 
         Raises:
             PluginError: no document, not 8-bit RGBA, no active layer, nothing to read.
+        """
+
+    async def complete(self, capture: Capture, source: InputSource) -> Capture:
+        """The capture with what `capture` left to read between ticks (the active
+        layer's pixels, strip by strip).
+
+        Raises:
+            PluginError: the document or the layer went, or nothing is visible.
         """
 
     async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
@@ -442,10 +451,11 @@ class DockerState:
     ) -> list[str]:
         names: list[str] = []
         try:
-            layers: dict[protocol.LayerRole, bytes] = {}
+            capture = await self.canvas.complete(capture, recipe.source)
+            layers: dict[protocol.LayerRole, Buffer] = {}
             if recipe.captured_role is not None and capture.pixels is not None:
                 layers[recipe.captured_role] = capture.pixels
-            produced: dict[protocol.LayerRole, bytes] = {}
+            produced: dict[protocol.LayerRole, Buffer] = {}
             result_seed = seed
             for index, method in enumerate(recipe.steps):
                 if job.cancelled:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -26,15 +27,20 @@ from .limits import Limits
 __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_IMAGE_ID_CHARS",
+    "Buffer",
     "ImageAssembler",
     "ImageRef",
     "PixelFormat",
     "allocate_image_buffer",
+    "iter_image_chunks",
     "max_png_size",
     "pack_chunk",
     "split_image",
     "unpack_chunk",
 ]
+
+Buffer = bytes | bytearray | memoryview
+"""Image bytes as a caller holds them (sliced through a memoryview, never copied whole)."""
 
 MAX_IMAGE_ID_CHARS = 256
 """Characters of an image id (a job id is at most 128, so `<job>/preview/<step>` fits)."""
@@ -257,35 +263,49 @@ def split_image(
         BadImage: `data` is empty (an image has at least one pixel).
         ValueError: `max_chunk_bytes` below 1.
     """
+    return list(iter_image_chunks(image_id, data, max_chunk_bytes))
+
+
+def iter_image_chunks(
+    image_id: str, data: bytes | bytearray | memoryview, max_chunk_bytes: int
+) -> Iterator[bytes]:
+    """`split_image`, a frame at a time (each is made when it is taken); the arguments
+    are checked at once."""
     if max_chunk_bytes < 1:
         raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
     view = memoryview(data).cast("B")
     if len(view) == 0:
         raise BadImage(f"image '{image_id}' is empty")
-    return [
+    return (
         pack_chunk(image_id, offset, view[offset : offset + max_chunk_bytes])
         for offset in range(0, len(view), max_chunk_bytes)
-    ]
+    )
 
 
 _PREFAULT_FROM_BYTES = 1 << 20
 _PREFAULT_FLAGS = getattr(mmap, "MAP_POPULATE", None)  # Linux only
 
 
-def allocate_image_buffer(size: int) -> memoryview:
+def allocate_image_buffer(size: int, prefault: bool = True) -> memoryview:
     """A zeroed, writable buffer of `size` bytes for an image about to arrive.
 
-    On Linux a buffer of 1 MiB or more is an anonymous mapping whose pages are
-    populated when it is made: a fresh 64 MiB bytearray takes one page fault per 4 KiB
-    at its first write, which cost ten times the copy itself on the machine measured
-    (docs/benchmarks.md). Elsewhere, and for small images, a bytearray. Either way the
-    buffer is freed when the last view of it goes.
+    A buffer of 1 MiB or more is an anonymous mapping. With `prefault` (on Linux) its
+    pages are populated when it is made: a fresh 64 MiB bytearray takes one page fault
+    per 4 KiB at its first write, which cost ten times the copy itself on the machine
+    measured (docs/benchmarks.md). Without, its pages are faulted in as each frame is
+    written into it, a little at a time: what a client on a UI thread wants, where
+    populating or zeroing 64 MiB at once held the thread for 170 ms. Small images, and
+    a system that refuses the mapping, get a bytearray. Either way the buffer is freed
+    when the last view of it goes.
     """
-    if _PREFAULT_FLAGS is not None and size >= _PREFAULT_FROM_BYTES:
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _PREFAULT_FLAGS
+    if size >= _PREFAULT_FROM_BYTES:
         try:
-            return memoryview(mmap.mmap(-1, size, flags=flags))
-        except OSError:  # a kernel or sandbox that refuses the flags: the plain way
+            if not prefault:
+                return memoryview(mmap.mmap(-1, size))  # zero pages, mapped on first write
+            if _PREFAULT_FLAGS is not None:
+                flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _PREFAULT_FLAGS
+                return memoryview(mmap.mmap(-1, size, flags=flags))
+        except OSError:  # a kernel or sandbox that refuses the mapping: the plain way
             pass
     return memoryview(bytearray(size))
 
@@ -310,13 +330,15 @@ class ImageAssembler:
     Args:
         limits: checked against every announced reference and every frame.
         max_pending_bytes: bytes all incomplete images may hold together.
+        prefault: populate each image's buffer at once (`allocate_image_buffer`).
 
     Attributes:
         allow_unknown_fields: ignore unknown frame header fields (a newer-minor peer).
     """
 
-    def __init__(self, limits: Limits, max_pending_bytes: int) -> None:
+    def __init__(self, limits: Limits, max_pending_bytes: int, prefault: bool = True) -> None:
         self.allow_unknown_fields = False
+        self._prefault = prefault
         self._limits = limits
         self._max_pending_bytes = max_pending_bytes
         self._pending: dict[str, _Pending] = {}
@@ -387,7 +409,7 @@ class ImageAssembler:
             self.discard(image_id)
             raise
         if pending.buffer is None:
-            pending.buffer = allocate_image_buffer(pending.ref.size)
+            pending.buffer = allocate_image_buffer(pending.ref.size, self._prefault)
         end = offset + length
         pending.buffer[offset:end] = memoryview(payload).cast("B")
         pending.received = end

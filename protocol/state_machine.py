@@ -17,6 +17,7 @@ the job already running under that id.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Mapping
 
 from .codec import decode_message, encode_message
 from .errors import (
@@ -44,7 +45,15 @@ from .events import (
     ServerEvent,
     WelcomeReceived,
 )
-from .images import ImageAssembler, ImageRef, PixelFormat, split_image, unpack_chunk
+from .images import (
+    Buffer,
+    ImageAssembler,
+    ImageRef,
+    PixelFormat,
+    iter_image_chunks,
+    split_image,
+    unpack_chunk,
+)
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import (
     MAX_TEXT_CHARS,
@@ -358,20 +367,29 @@ class ClientProtocol:
     Args:
         client_name: sent in `hello`, e.g. `krita-layerdiffuse/0.1`.
         max_pending_bytes: bytes the images still arriving may hold together.
+        prefault_images: populate each arriving image's buffer at once (fastest in
+            all); off, the page faults come a frame at a time (a UI thread's choice).
 
     Attributes:
         welcome: the server's `welcome` once it arrived, else None.
         limits: the welcome's limits (the defaults before it).
     """
 
-    def __init__(self, client_name: str, *, max_pending_bytes: int = 1024 * _MIB) -> None:
+    def __init__(
+        self,
+        client_name: str,
+        *,
+        max_pending_bytes: int = 1024 * _MIB,
+        prefault_images: bool = True,
+    ) -> None:
         self.client_name = client_name
+        self._prefault = prefault_images
         self.welcome: Welcome | None = None
         self.limits = DEFAULT_LIMITS
         self._max_pending_bytes = max_pending_bytes
         self._hello_sent = False
         self._allow_unknown = False
-        self._images = ImageAssembler(DEFAULT_LIMITS, max_pending_bytes)
+        self._images = ImageAssembler(DEFAULT_LIMITS, max_pending_bytes, prefault_images)
         self._incoming: deque[_Incoming] = deque()
         self._image_owners: dict[str, _Incoming] = {}
         self._unaccepted: set[str] = set()
@@ -394,12 +412,16 @@ class ClientProtocol:
         self._hello_sent = True
         return frames
 
-    def send_submit(self, submit: Submit, images: dict[str, bytes]) -> Frames:
+    def send_submit(
+        self, submit: Submit, images: Mapping[str, Buffer], max_chunk_bytes: int | None = None
+    ) -> Frames:
         """A `submit` and the frames of its input images, checked before any frame is made.
 
         Args:
             submit: the job.
             images: the bytes of each input, keyed by its image id.
+            max_chunk_bytes: image bytes per frame, at most the welcome's limit (the
+                limit when None).
 
         Raises:
             NotReady: no `welcome` yet.
@@ -408,11 +430,21 @@ class ClientProtocol:
             InvalidField: images missing, extra or not of their reference's size, or a
                 field the codec refuses.
         """
+        return list(self.submit_frames(submit, images, max_chunk_bytes))
+
+    def submit_frames(
+        self, submit: Submit, images: Mapping[str, Buffer], max_chunk_bytes: int | None = None
+    ) -> Iterator[str | bytes]:
+        """`send_submit`, checked at once in the same way, with each image frame made
+        only when it is taken: a client can send one before the next is copied (a
+        4096² image is 64 MiB to copy into frames)."""
         job = submit.job
         if self.welcome is None:
             raise NotReady("no welcome received yet", job=job)
         if job in self._unaccepted or job in self._accepted:
             raise DuplicateJob(f"job '{job}' is already in use", job=job)
+        limit = self.limits.max_chunk_bytes
+        chunk = limit if max_chunk_bytes is None else min(limit, max_chunk_bytes)
         try:
             submit.check_limits(self.limits)
             for layer in submit.inputs:
@@ -430,16 +462,13 @@ class ClientProtocol:
                 raise LimitExceeded(
                     f"submit of {size} bytes exceeds the limit of {self.limits.max_text_bytes}"
                 )
+            if chunk < 1:
+                raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
         except ProtocolError as exc:
             exc.job = job
             raise
-        frames: Frames = [text]
-        for layer in submit.inputs:
-            frames.extend(
-                split_image(layer.image.id, images[layer.image.id], self.limits.max_chunk_bytes)
-            )
         self._unaccepted.add(job)
-        return frames
+        return _submit_frames(text, submit, images, chunk)
 
     def send_cancel(self, job: str) -> Frames:
         """Cancel a job (also one submitted before a reconnect, in the same session).
@@ -479,7 +508,7 @@ class ClientProtocol:
             self.welcome = message
             self.limits = message.limits
             self._allow_unknown = is_newer_minor(message.protocol)
-            self._images = ImageAssembler(message.limits, self._max_pending_bytes)
+            self._images = ImageAssembler(message.limits, self._max_pending_bytes, self._prefault)
             self._images.allow_unknown_fields = self._allow_unknown
         elif isinstance(message, Error):
             if job is not None and message.code != ErrorCode.DUPLICATE_JOB:
@@ -557,3 +586,11 @@ def _event(incoming: _Incoming) -> ClientEvent:
         return JobDone(message)
     assert isinstance(message, Error)
     return ErrorReceived(message)
+
+
+def _submit_frames(
+    text: str, submit: Submit, images: Mapping[str, Buffer], chunk: int
+) -> Iterator[str | bytes]:
+    yield text
+    for layer in submit.inputs:
+        yield from iter_image_chunks(layer.image.id, images[layer.image.id], chunk)

@@ -98,6 +98,7 @@ ALLOWED: dict[str, set[str]] = {
         "krita_plugin.pixels",
         "krita_plugin.placement",
         "krita_plugin.qt",
+        "krita_plugin.timing",
         "krita",
     },
     "krita_plugin.qt": {"PyQt5", "PyQt6"},

@@ -15,17 +15,27 @@ to reimplement every blending mode, mask and filter layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import dataclasses
+from collections.abc import Iterator, Sequence
 
 from krita import Document, Krita, Node
 
-from ..errors import EmptyRegion, NoActiveLayer, NoDocument, PluginError, UnsupportedDocument
+from ..errors import (
+    DocumentClosed,
+    EmptyRegion,
+    NoActiveLayer,
+    NoDocument,
+    PluginError,
+    UnsupportedDocument,
+)
 from ..geometry import Bounds, Extent, work_region
-from ..pixels import check_size, has_visible_pixels
+from ..pixels import BYTES_PER_PIXEL, check_size, has_visible_pixels, strips
 from ..placement import Capture, InputSource, NewLayer
 from ..qt import QIcon
+from ..timing import timed
 from .layers import insert_layers
-from .nodes import document_id, node_id
+from .nodes import document_id, find_document, find_node, node_id
 
 __all__ = [
     "KritaCanvas",
@@ -47,7 +57,12 @@ class KritaCanvas:
     """The `state.Canvas` of the running Krita: reads the active document, inserts layers."""
 
     def capture(self, source: InputSource) -> Capture:
-        return capture(source)
+        return capture(source, read_layer=False)
+
+    async def complete(self, capture: Capture, source: InputSource) -> Capture:
+        if source is InputSource.ACTIVE_LAYER and capture.pixels is None:
+            return await read_layer(capture)
+        return capture
 
     async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
         return await insert_layers(capture, layers)
@@ -86,11 +101,13 @@ def selection_bounds(document: Document) -> Bounds | None:
     return None if bounds.is_empty else bounds
 
 
-def capture(source: InputSource) -> Capture:
+def capture(source: InputSource, read_layer: bool = True) -> Capture:
     """Read the active document's work region for a job, now.
 
     Args:
         source: which pixels the job sends.
+        read_layer: also read the active layer's pixels now (else `read_layer` does,
+            strip by strip).
 
     Raises:
         NoDocument / UnsupportedDocument / NoActiveLayer / EmptyRegion: the sentence says
@@ -103,10 +120,12 @@ def capture(source: InputSource) -> Capture:
     anchor = document.activeNode()
     if anchor is None:
         raise NoActiveLayer()
-    return capture_from(document, anchor, source)
+    return capture_from(document, anchor, source, read_layer)
 
 
-def capture_from(document: Document, anchor: Node, source: InputSource) -> Capture:
+def capture_from(
+    document: Document, anchor: Node, source: InputSource, read_layer: bool = True
+) -> Capture:
     """`capture` for a given document and active node (kritarunner has no active ones)."""
     check_color(document.colorModel(), document.colorDepth())
     if anchor.type() in _MASK_TYPES:  # a mask is active: work next to its layer
@@ -117,19 +136,64 @@ def capture_from(document: Document, anchor: Node, source: InputSource) -> Captu
     pixels = None
     if source is InputSource.ACTIVE_LAYER:
         check_color(anchor.colorModel(), anchor.colorDepth())
-        document.waitForDone()
-        pixels = bytes(anchor.projectionPixelData(*_rect(region)))
-        if not has_visible_pixels(pixels):
-            raise EmptyRegion(
-                f"The layer “{anchor.name()}” has nothing visible in the work area, so there "
-                "is no foreground to make a background for. Select the layer you painted, "
-                "or an area where it has content."
-            )
+        if read_layer:
+            buffer = bytearray(region.extent.pixels * BYTES_PER_PIXEL)
+            for _ in _read_strips(document, anchor, region, buffer):
+                pass
+            pixels = _checked_layer(anchor, buffer)
     elif source is InputSource.SCENE:
+        # At once: the layers above are hidden meanwhile, and must not be seen so.
         pixels = read_scene(document, anchor, region)
     if pixels is not None:
         check_size(pixels, region.extent)
     return Capture(document_id(document), node_id(anchor), anchor.name(), region, pixels)
+
+
+async def read_layer(capture: Capture) -> Capture:
+    """The capture with its anchor layer's pixels, read a strip per event-loop tick so
+    that the UI thread is never held for long (a 4096² layer is 64 MiB).
+
+    Raises:
+        DocumentClosed / EmptyRegion: the document or the layer went, or the layer has
+            nothing visible in the region.
+    """
+    document = find_document(capture.document_id)
+    if document is None:
+        raise DocumentClosed()
+    anchor = find_node(document.rootNode(), capture.anchor_id)
+    if anchor is None:
+        raise EmptyRegion(f"The layer “{capture.anchor_name}” was removed before it was read.")
+    region = capture.region
+    buffer = bytearray(region.extent.pixels * BYTES_PER_PIXEL)
+    for _ in _read_strips(document, anchor, region, buffer):
+        await asyncio.sleep(0)
+    return dataclasses.replace(capture, pixels=_checked_layer(anchor, buffer))
+
+
+def _read_strips(
+    document: Document, anchor: Node, region: Bounds, buffer: bytearray
+) -> Iterator[None]:
+    """Read the layer's region into `buffer` strip by strip, yielding after each."""
+    with timed("waiting for Krita before reading the layer"):
+        document.waitForDone()
+    stride = region.width * BYTES_PER_PIXEL
+    for top, rows in strips(region.extent):
+        with timed(f"reading {region.width}x{rows} of the layer"):
+            data = anchor.projectionPixelData(region.x, region.y + top, region.width, rows)
+            buffer[top * stride : (top + rows) * stride] = data
+        yield
+
+
+def _checked_layer(anchor: Node, pixels: bytearray) -> bytearray:
+    with timed("looking for visible pixels"):
+        visible = has_visible_pixels(pixels)
+    if not visible:
+        raise EmptyRegion(
+            f"The layer “{anchor.name()}” has nothing visible in the work area, so there "
+            "is no foreground to make a background for. Select the layer you painted, "
+            "or an area where it has content."
+        )
+    return pixels
 
 
 def read_scene(document: Document, anchor: Node, region: Bounds) -> bytes:
@@ -143,16 +207,19 @@ def read_scene(document: Document, anchor: Node, region: Bounds) -> bytes:
     try:
         for node in hidden:
             node.setVisible(False)
-        if hidden:
-            document.refreshProjection()
-        document.waitForDone()
-        pixels = bytes(document.pixelData(*_rect(region)))
+        with timed("recompositing the scene without the layers above"):
+            if hidden:
+                document.refreshProjection()
+            document.waitForDone()
+        with timed(f"reading {region.width}x{region.height} of the scene"):
+            pixels = bytes(document.pixelData(*_rect(region)))
     finally:
         for node in hidden:
             node.setVisible(True)
         if hidden:
-            document.refreshProjection()
-            document.waitForDone()
+            with timed("recompositing the scene with the layers above again"):
+                document.refreshProjection()
+                document.waitForDone()
             document.setModified(modified)
     return pixels
 

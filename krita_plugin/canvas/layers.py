@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from krita import Document, Krita, Node
 
 from ..errors import DocumentClosed
-from ..pixels import check_size
+from ..pixels import BYTES_PER_PIXEL, check_size, strips
 from ..placement import Capture, NewLayer, Placement
+from ..timing import timed
 from .nodes import document_id, find_document, find_node, node_id, sibling_below
 
 __all__ = ["insert_layers", "lower_layer"]
@@ -53,6 +54,11 @@ async def insert_layers(capture: Capture, layers: Sequence[NewLayer]) -> list[st
     region = capture.region
     for layer in layers:
         check_size(layer.pixels, region.extent)
+    # Filled first, strip by strip between event-loop ticks (a 4096² layer is 64 MiB);
+    # not yet in the tree, so filling them is no undo step and nothing recomposites.
+    nodes = {id(layer): await _new_layer(document, layer, capture) for layer in layers}
+    if find_document(capture.document_id) is None:
+        raise DocumentClosed()
     root = document.rootNode()
     anchor = find_node(root, capture.anchor_id)
     above = [layer for layer in layers if layer.placement is Placement.ABOVE]
@@ -60,25 +66,26 @@ async def insert_layers(capture: Capture, layers: Sequence[NewLayer]) -> list[st
     if anchor is None:
         log.warning("layer %r is gone; inserting the results on top", capture.anchor_name)
         for layer in [*below, *above]:
-            root.addChildNode(_new_layer(document, layer, capture), None)
+            root.addChildNode(nodes[id(layer)], None)
         return [layer.name for layer in [*below, *above]]
     parent = anchor.parentNode()
     lower = anchor
     for layer in above:  # bottom to top: each directly above the one before
-        node = _new_layer(document, layer, capture)
-        parent.addChildNode(node, lower)
+        node = nodes[id(layer)]
+        with timed("inserting the layer"):
+            parent.addChildNode(node, lower)
         lower = node
     upper = anchor
     for layer in reversed(below):  # top to bottom: each directly below the one before
-        node = _new_layer(document, layer, capture)
+        node = nodes[id(layer)]
         beneath = sibling_below(parent, upper)
-        if beneath is not None:
-            parent.addChildNode(node, beneath)
-        else:
-            parent.addChildNode(node, upper)
+        with timed("inserting the layer"):
+            parent.addChildNode(node, beneath if beneath is not None else upper)
+        if beneath is None:
             await lower_layer(document, node)
         upper = node
-    document.waitForDone()
+    with timed("waiting for Krita after inserting"):
+        document.waitForDone()
     return [layer.name for layer in layers]
 
 
@@ -112,10 +119,18 @@ async def lower_layer(document: Document, node: Node) -> bool:
     return True
 
 
-def _new_layer(document: Document, layer: NewLayer, capture: Capture) -> Node:
+async def _new_layer(document: Document, layer: NewLayer, capture: Capture) -> Node:
+    """A paint layer holding `layer`'s pixels at the region, written a strip per tick."""
     region = capture.region
     node = document.createNode(layer.name, "paintlayer")
-    node.setPixelData(layer.pixels, region.x, region.y, region.width, region.height)
+    view = memoryview(layer.pixels).cast("B")
+    stride = region.width * BYTES_PER_PIXEL
+    for index, (top, rows) in enumerate(strips(region.extent)):
+        if index:
+            await asyncio.sleep(0)
+        strip = bytes(view[top * stride : (top + rows) * stride])
+        with timed(f"writing {region.width}x{rows} into the new layer"):
+            node.setPixelData(strip, region.x, region.y + top, region.width, rows)
     if not layer.visible:
         node.setVisible(False)
     return node

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..geometry import Extent
+from ..pixels import thumbnail
 from ..placement import NewLayer, Placement
 from ..qt import (
     QCheckBox,
@@ -249,26 +251,20 @@ class ResultTray(QListWidget):
 
 
 def tray_pixmap(item: TrayItem, side: int) -> QPixmap:
-    """A result's visible layers, bottom first, over a checkerboard, within side × side."""
-    region = item.capture.region
-    scale = side / max(region.width, region.height, 1)
-    width, height = max(1, round(region.width * scale)), max(1, round(region.height * scale))
-    board = _checkerboard(width, height)
-    painter = QPainter(board)
+    """A result's visible layers, bottom first, over a checkerboard, within side × side
+    (sampled, so a 4096² result costs a few milliseconds of the UI thread)."""
+    extent = item.capture.region.extent
     below = [layer for layer in item.layers if layer.placement is Placement.BELOW]
     above = [layer for layer in item.layers if layer.placement is Placement.ABOVE]
-    for layer in (*below, *above):
-        if not layer.visible:
-            continue
-        # BGRA bytes are Qt's ARGB32 on a little-endian machine; scaling without
-        # smoothing keeps a 4096² layer to a few milliseconds.
-        image = QImage(layer.pixels, region.width, region.height, region.width * 4,
+    shown = [thumbnail(layer.pixels, extent, side) for layer in (*below, *above) if layer.visible]
+    small = shown[0][0] if shown else Extent(side, side)
+    board = _checkerboard(small.width, small.height)
+    painter = QPainter(board)
+    for _, pixels in shown:
+        # BGRA bytes are Qt's ARGB32 on a little-endian machine.
+        image = QImage(pixels, small.width, small.height, small.width * 4,
                        QImage.Format.Format_ARGB32)  # fmt: skip
-        small = image.scaled(
-            width, height, Qt.AspectRatioMode.IgnoreAspectRatio,
-            Qt.TransformationMode.FastTransformation,
-        )  # fmt: skip
-        painter.drawImage(0, 0, small)
+        painter.drawImage(0, 0, image)
     painter.end()
     return board
 

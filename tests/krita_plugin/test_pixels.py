@@ -14,7 +14,9 @@ from krita_plugin.pixels import (
     crop,
     has_visible_pixels,
     pad,
+    strips,
     swap_red_blue,
+    thumbnail,
     transparent,
 )
 
@@ -110,3 +112,27 @@ def test_alpha_bounds_matches_numpy(width: int, height: int, seed: int) -> None:
         )
     )
     assert alpha_bounds(pixels.tobytes(), Extent(width, height)) == expected
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "strip_bytes"), [(7, 5, 28), (7, 5, 60), (3, 1, 4), (100, 9, 10**9)]
+)
+def test_strips_cover_every_row_once_within_the_size(
+    width: int, height: int, strip_bytes: int
+) -> None:
+    ranges = strips(Extent(width, height), strip_bytes)
+    rows = [row for top, count in ranges for row in range(top, top + count)]
+    assert rows == list(range(height))
+    assert all(count * width * 4 <= max(strip_bytes, width * 4) for _, count in ranges)
+
+
+def test_a_thumbnail_samples_the_nearest_pixels() -> None:
+    extent = Extent(40, 20)
+    array = np.zeros((20, 40, 4), dtype=np.uint8)
+    array[:, :20] = (255, 0, 0, 255)  # left half blue (B first), right half clear
+    small, data = thumbnail(array.tobytes(), extent, 10)
+    assert small == Extent(10, 5)
+    result = np.frombuffer(data, dtype=np.uint8).reshape(5, 10, 4)
+    assert (result[:, :5] == (255, 0, 0, 255)).all() and (result[:, 5:] == 0).all()
+    with pytest.raises(ValueError):
+        thumbnail(bytes(12), extent, 10)

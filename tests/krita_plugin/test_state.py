@@ -77,6 +77,9 @@ class FakeCanvas:
     def document_problem(self) -> PluginError | None:
         return self.problem
 
+    async def complete(self, capture: Capture, source: InputSource) -> Capture:
+        return capture  # (read whole in `capture`)
+
     def tell(self, text: str) -> None:
         self.told.append(text)
 

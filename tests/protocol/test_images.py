@@ -385,3 +385,13 @@ def test_unknown_header_fields_follow_the_assembler_setting() -> None:
         assembler.feed(frame)
     assembler.allow_unknown_fields = True
     assert assembler.feed(frame) is not None
+
+
+def test_without_prefault_big_buffers_are_lazy_mappings() -> None:
+    """A UI thread's buffer: mapped, zero, and no page touched until written."""
+    buffer = allocate_image_buffer(64 * MIB, prefault=False)
+    assert isinstance(buffer.obj, mmap.mmap) and not buffer.readonly
+    assert len(buffer) == 64 * MIB and buffer[0] == 0 and buffer[-1] == 0
+    buffer[12345] = 9
+    assert buffer[12345] == 9
+    assert isinstance(allocate_image_buffer(4096, prefault=False).obj, bytearray)

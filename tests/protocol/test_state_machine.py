@@ -48,6 +48,7 @@ from protocol import (
     decode_message,
     encode_message,
     pack_chunk,
+    unpack_chunk,
 )
 from protocol.errors import (
     BadImage,
@@ -666,3 +667,26 @@ def test_the_client_survives_any_frames(garbage: list[str | bytes]) -> None:
         ),
         {FG: b"abcd"},
     )
+
+
+def test_submit_frames_are_checked_at_once_and_made_as_they_are_taken() -> None:
+    """The lazy form of send_submit: the same frames, in chunks no larger than asked
+    (and never above the welcome's limit); a bad submit raises before any frame."""
+    client, server = connect()
+    submit, images = fg2bg()
+    lazy = client.submit_frames(submit, images, max_chunk_bytes=700)
+    assert client.unfinished_jobs == frozenset({"j1"})  # reserved when checked
+    text = next(lazy)
+    assert isinstance(text, str) and json.loads(text)["type"] == "submit"
+    chunks = list(lazy)
+    assert [len(unpack_chunk(chunk)[2]) for chunk in chunks] == [700, 700, 700, 300]
+    [event] = pump([text, *chunks], server)
+    assert isinstance(event, JobSubmitted)
+    assert bytes(event.images[FG][1]) == images["j1/foreground"]
+    # Above the limit (1000 bytes per frame here): the limit.
+    other, other_images = fg2bg("j2")
+    frames = client.send_submit(other, other_images, max_chunk_bytes=10**6)
+    assert [len(unpack_chunk(chunk)[2]) for chunk in frames[1:]] == [1000, 1000, 400]
+    with pytest.raises(InvalidField):
+        client.submit_frames(*fg2bg("j3")[:1], {})
+    assert "j3" not in client.unfinished_jobs

@@ -330,3 +330,41 @@ def test_sdxl_family_chosen_in_the_docker_is_saved_in_kritarc(
     section = kritarc.split("[layerdiffuse]\n", 1)[1].split("\n[", 1)[0]
     values = dict(line.split("=", 1) for line in section.splitlines() if "=" in line)
     assert values["family"] == "sdxl"
+
+
+# The UI thread during jobs on a large document -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def krita_responsive_run(
+    tmp_path_factory: pytest.TempPathFactory, plugin_zip: Path
+) -> Iterator[dict[str, Any]]:
+    """Krita with the driver's responsiveness scenario (4096², the three actions, 10
+    steps) against a demo backend in its own process group at niceness 10."""
+    folder = tmp_path_factory.mktemp("krita-responsive")
+    backend = start_demo_server(folder / "backend", nice=10)
+    try:
+        yield run_krita(
+            folder, plugin_zip, backend, "responsive", {"steps": "10", "fit_to_native": "true"}
+        )
+    finally:
+        backend.stop()
+
+
+def test_the_ui_thread_during_jobs_on_a_large_document(
+    krita_responsive_run: dict[str, Any],
+) -> None:
+    """Every job inserts its layer; the UI thread's longest stall and 99th percentile
+    per job are reported (a figure for docs/benchmarks.md, not a timed assertion)."""
+    run = krita_responsive_run
+    record = run["record"]
+    assert record.get("finished") is True and record.get("error") is None, _context(run)
+    checks = record["checks"]
+    assert checks and all(check["ok"] for check in checks.values()), checks
+    gaps = record["gaps"]
+    print("\nUI thread per job (max / p99 gap, ms):")
+    for label, figures in gaps.items():
+        print(f"  {label}: {figures['max_ms']} / {figures['p99_ms']} ({figures['ticks']} ticks)")
+    assert sorted(gaps) == sorted(
+        f"4096:{action}" for action in ("layer", "background", "foreground")
+    )

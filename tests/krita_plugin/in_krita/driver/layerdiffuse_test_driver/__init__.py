@@ -919,7 +919,100 @@ def is_opaque_in(node, document, region):
     return len(data) == width * height * 4 and all(alpha == 255 for alpha in data[3::4])
 
 
-SCENARIOS = {"sd15": scenario_sd15, "sdxl": scenario_sdxl}
+# The responsiveness scenario --------------------------------------------------------------
+
+
+class GapProbe:
+    """A 10 ms timer on Krita's UI thread: the longest waits between its ticks are how
+    long the UI could not answer (a brush stroke stutters past about 50 ms). Each wait
+    over 50 ms is kept with its wall-clock start, to match against the plugin's log
+    (which names its own slow steps)."""
+
+    INTERVAL_MS = 10
+
+    def __init__(self):
+        self.timer = QTimer()
+        self.timer.setInterval(self.INTERVAL_MS)
+        self.timer.timeout.connect(self._tick)
+        self.gaps, self.stalls, self.last = [], [], 0.0
+
+    def start(self):
+        self.gaps, self.stalls, self.last = [], [], time.monotonic()
+        self.timer.start()
+
+    def _tick(self):
+        now = time.monotonic()
+        gap = now - self.last
+        self.gaps.append(gap * 1000)
+        if gap > 0.05:
+            self.stalls.append((round(time.time() - gap, 3), round(gap * 1000)))
+        self.last = now
+
+    def stop(self):
+        self.timer.stop()
+        self._tick()
+        gaps = sorted(self.gaps)
+        p99 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
+        return {
+            "max_ms": round(gaps[-1], 1),
+            "p99_ms": round(p99, 1),
+            "ticks": len(gaps),
+            "stalls": self.stalls,
+        }
+
+
+RESPONSIVE_SIZES = tuple(
+    int(side) for side in os.environ.get("LAYERDIFFUSE_RESPONSIVE_SIZES", "4096").split(",")
+)
+
+
+def scenario_responsive(run):
+    """The three actions on a large document while a probe measures the UI thread's
+    longest stall per job (figures in the record's `gaps`; the test reports them)."""
+    app = Krita.instance()
+    yield Wait("the window", lambda: app.activeWindow() is not None, 30.0)
+    window = app.activeWindow()
+    yield Wait("the docker", lambda: docker_widget("connection_status", QLabel) is not None, 30.0)
+    status = docker_widget("connection_status", QLabel)
+    yield Wait("the docker to connect", lambda: "Connected" in status.toolTip(), 60.0)
+    run.results["gaps"] = {}
+    probe = GapProbe()
+    for side in RESPONSIVE_SIZES:
+        document = app.createDocument(side, side, f"responsive-{side}", "RGBA", "U8", "", 72.0)
+        window.addView(document)
+        yield Wait("the document", lambda document=document: app.activeDocument() is not None)
+        user = document.createNode(USER_LAYER, "paintlayer")
+        row = bytes((40, 60, 200, 255)) * (side // 2) + bytes(4 * (side - side // 2))
+        user.setPixelData(row * side, 0, 0, side, side)
+        document.rootNode().addChildNode(user, None)
+        document.waitForDone()
+        for action in (
+            "layerdiffuse_generate_layer",
+            "layerdiffuse_generate_background",
+            "layerdiffuse_generate_foreground",
+        ):
+            yield activate(document, by_name(document, USER_LAYER))
+            yield Wait(f"{action} to be enabled", app.action(action).isEnabled, 20.0)
+            before = set(ids(document))
+            probe.start()
+            app.action(action).trigger()
+            yield Wait(
+                f"{action} at {side}²",
+                lambda: message().startswith("Inserted") or is_error(),
+                300.0,
+            )
+            figures = probe.stop()
+            new = [node for node in walk(document.rootNode()) if uid(node) not in before]
+            label = f"{side}:{action.removeprefix('layerdiffuse_generate_')}"
+            run.results["gaps"][label] = figures
+            run.check(f"responsive:{label}:inserted", len(new) == 1, message())
+            yield Sleep(0.5)
+        document.setModified(False)
+        document.close()
+        yield Sleep(1.0)
+
+
+SCENARIOS = {"sd15": scenario_sd15, "sdxl": scenario_sdxl, "responsive": scenario_responsive}
 
 
 def scenario(run):
