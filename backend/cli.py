@@ -33,6 +33,7 @@ from protocol import (
     LayerRole,
     Method,
     ModelFamily,
+    NoiseSource,
     ResizeMode,
     Sampler,
     check_input_roles,
@@ -103,6 +104,11 @@ _FLAGS = {
     "weight": "--weight",
     "ending_step": "--stop-at",
     "denoise_strength": "--denoise",
+    "noise_source": "--noise",
+    "second_prompt": "--second-prompt",
+    "second_negative_prompt": "--second-negative-prompt",
+    "second_sampler": "--second-sampler",
+    "second_ending_step": "--second-stop-at",
 }
 _ROLE_FLAGS = {
     LayerRole.FOREGROUND: ("foreground", "fg_prompt"),
@@ -211,6 +217,34 @@ def _add_generate(commands: Any) -> None:
     parameter_flag(generate, "--stop-at", field="ending_step")
     parameter_flag(
         generate, "--denoise", field="denoise_strength", help="with --init: how much is reworked"
+    )
+    parameter_flag(generate, "--noise", field="noise_source")
+    # Step 2 of sdxl_fg2bg / sdxl_bg2fg; unset (None), each is the seed README recipe's.
+    step_2 = "sdxl_fg2bg / sdxl_bg2fg, step 2 (the layer from the blend): "
+    parameter_flag(
+        generate,
+        "--second-prompt",
+        field="second_prompt",
+        help=step_2 + "its prompt, unset: --prompt",
+    )
+    parameter_flag(
+        generate,
+        "--second-negative-prompt",
+        field="second_negative_prompt",
+        help=step_2 + "its negative prompt, unset: --negative-prompt",
+    )
+    parameter_flag(
+        generate,
+        "--second-sampler",
+        field="second_sampler",
+        metavar="SAMPLER",
+        help=step_2 + "its sampler, unset: unipc",
+    )
+    parameter_flag(
+        generate,
+        "--second-stop-at",
+        field="second_ending_step",
+        help=step_2 + "its Stop At, unset: 0.5 for a background, 1 for a foreground",
     )
     path_flag(
         generate,
@@ -568,6 +602,13 @@ def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
         weight=float(args.weight),
         ending_step=float(args.ending_step),
         denoise_strength=float(args.denoise_strength),
+        noise_source=NoiseSource(args.noise_source),
+        second_prompt=args.second_prompt,
+        second_negative_prompt=args.second_negative_prompt,
+        second_sampler=None if args.second_sampler is None else Sampler(args.second_sampler),
+        second_ending_step=None
+        if args.second_ending_step is None
+        else float(args.second_ending_step),
     )
 
 

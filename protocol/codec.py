@@ -59,7 +59,7 @@ from .messages import (
     Submit,
     Welcome,
 )
-from .methods import LayerRole, Method, ModelFamily, ResizeMode, Sampler
+from .methods import LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
 from .version import check_compatible, is_newer_minor
 
 __all__ = ["MESSAGE_TYPES", "decode_message", "encode_message"]
@@ -445,6 +445,11 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "weight": _read_float,
         "ending_step": _read_float,
         "denoise_strength": _read_float,
+        "noise_source": _enum(NoiseSource),
+        "second_prompt": _optional(_text),
+        "second_negative_prompt": _optional(_text),
+        "second_sampler": _optional(_enum(Sampler)),
+        "second_ending_step": _optional(_read_float),
     },
     Hello: {"protocol": _read_version, "client": _name, "session": _optional(_name)},
     Welcome: {

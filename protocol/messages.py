@@ -15,7 +15,7 @@ from typing import ClassVar
 from .errors import ErrorCode, LimitExceeded, ProtocolError
 from .images import ImageRef, PixelFormat
 from .limits import Limits
-from .methods import LayerRole, Method, ModelFamily, ResizeMode, Sampler
+from .methods import LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
 
 __all__ = [
     "MAX_JOB_ID_CHARS",
@@ -74,6 +74,10 @@ class GenerationParameters:
         weight: strength of the SDXL layer models.
         ending_step: fraction of the schedule that uses the layer model.
         denoise_strength: for img2img, how much of the source is re-noised.
+        noise_source: where the starting noise is drawn (since 1.1).
+        second_prompt / second_negative_prompt / second_sampler / second_ending_step:
+            step 2 of the one-click SDXL workflows (`sdxl_fg2bg`, `sdxl_bg2fg`); None
+            takes the workflow's default (since 1.1).
     """
 
     method: Method
@@ -93,6 +97,11 @@ class GenerationParameters:
     weight: float = 1.0
     ending_step: float = 1.0
     denoise_strength: float = 0.7
+    noise_source: NoiseSource = NoiseSource.CPU
+    second_prompt: str | None = None
+    second_negative_prompt: str | None = None
+    second_sampler: Sampler | None = None
+    second_ending_step: float | None = None
 
     def check_limits(self, limits: Limits) -> None:
         """Check the parameters the limits bound: steps, result count, result size.

@@ -69,6 +69,17 @@ _SAMPLER_LABELS = {
 }
 
 
+class NoiseSource(str, Enum):
+    """Where the starting noise of a seed is drawn (A1111's "random number generator source").
+
+    CPU noise is the same on every machine; GPU noise is what A1111 and Forge draw by
+    default on an NVIDIA card, so the original's sanity-check seeds reproduce there.
+    """
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
 class ResizeMode(str, Enum):
     """How an image of one aspect is fitted to another (the original's three modes)."""
 

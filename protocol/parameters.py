@@ -21,12 +21,14 @@ from typing import Any, NoReturn
 
 from .errors import InvalidParameter
 from .messages import MAX_TEXT_CHARS, GenerationParameters
-from .methods import METHOD_SPECS, LayerRole, Method, ResizeMode, Sampler
+from .methods import METHOD_SPECS, LayerRole, Method, NoiseSource, ResizeMode, Sampler
 
 __all__ = [
     "MAX_INPUT_SIDE",
     "MAX_REQUEST_IMAGES",
     "PARAMETERS",
+    "SECOND_STEP_FIELDS",
+    "SECOND_STEP_METHODS",
     "ParameterSpec",
     "check_input_roles",
     "check_parameters",
@@ -61,6 +63,7 @@ class ParameterSpec:
             "choice" (one of `choices`) or "layer prompts" ({role: text}).
         low / high: the inclusive range of an integer or a number.
         choices: the values a choice takes, in the protocol's order.
+        nullable: null is a value too (its default): "the method's own".
     """
 
     name: str
@@ -70,6 +73,7 @@ class ParameterSpec:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+    nullable: bool = False
 
     @property
     def allowed(self) -> str:
@@ -87,6 +91,8 @@ class ParameterSpec:
     @property
     def shown_default(self) -> str:
         """The default as the doc and `--help` show it (`20`, `dpmpp_2m_karras`, `""`)."""
+        if self.default is None and self.nullable:
+            return "null"
         if isinstance(self.default, Enum):
             return str(self.default.value)
         if isinstance(self.default, bool):
@@ -103,6 +109,8 @@ class ParameterSpec:
         Raises:
             InvalidParameter: `"<label>: 0 outside 1..150"`, the field named by `label`.
         """
+        if value is None and self.nullable:
+            return
         if self.low is not None and self.high is not None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 self._refuse(f"expected a number, got {type(value).__name__}", label)
@@ -158,7 +166,44 @@ _SPECS: dict[str, dict[str, Any]] = {
         '"Stop At": the fraction of the steps that use the layer model', 0.0, 1.0
     ),
     "denoise_strength": _number("img2img: how much of the source is re-noised", 0.0, 1.0),
+    "noise_source": _choice(
+        "where the starting noise is drawn: cpu, the same on every machine, or gpu, as "
+        "A1111 draws it on an NVIDIA card (a CPU-only backend draws it on the CPU)",
+        NoiseSource,
+    ),
+    "second_prompt": {
+        "meaning": "sdxl_fg2bg / sdxl_bg2fg: the prompt of step 2, the layer from the blend; "
+        "null: the prompt",
+        "kind": "text",
+    },
+    "second_negative_prompt": {
+        "meaning": "sdxl_fg2bg / sdxl_bg2fg: the negative prompt of step 2; null: the "
+        "negative prompt",
+        "kind": "text",
+    },
+    "second_sampler": _choice(
+        "sdxl_fg2bg / sdxl_bg2fg: the sampler of step 2; null: unipc, as the original's "
+        "recipes advise (not a DPM++ one)",
+        Sampler,
+    ),
+    "second_ending_step": _number(
+        'sdxl_fg2bg / sdxl_bg2fg: "Stop At" of step 2; null: 0.5 for the background (the '
+        "original's recipe), 1 for the foreground",
+        0.0,
+        1.0,
+    ),
 }
+
+SECOND_STEP_FIELDS = (
+    "second_prompt",
+    "second_negative_prompt",
+    "second_sampler",
+    "second_ending_step",
+)
+"""The fields of step 2 of the one-click SDXL workflows; other methods take them null."""
+
+SECOND_STEP_METHODS = (Method.SDXL_FG_TO_BG, Method.SDXL_BG_TO_FG)
+"""The methods with a step 2: the one-click SDXL workflows."""
 
 
 def _table() -> dict[str, ParameterSpec]:
@@ -168,7 +213,10 @@ def _table() -> dict[str, ParameterSpec]:
             default = field.default_factory()
         else:
             default = None if field.default is MISSING else field.default
-        table[field.name] = ParameterSpec(name=field.name, default=default, **_SPECS[field.name])
+        nullable = field.default is None
+        table[field.name] = ParameterSpec(
+            name=field.name, default=default, nullable=nullable, **_SPECS[field.name]
+        )
     return table
 
 
@@ -194,6 +242,12 @@ def check_parameters(parameters: Any, label: Label = _wire_name) -> None:
         reason = f"{count} images in all exceed the limit of {MAX_REQUEST_IMAGES}"
         raise InvalidParameter("batch_size", reason, shown_as=label("batch_size"))
     method: Method = parameters.method
+    if method not in SECOND_STEP_METHODS:
+        for name in SECOND_STEP_FIELDS:
+            if getattr(parameters, name) is not None:
+                others = " and ".join(m.value for m in SECOND_STEP_METHODS)
+                reason = f"{method.value} has no step 2 (only {others} have)"
+                raise InvalidParameter(name, reason, shown_as=label(name))
     for role, text in parameters.layer_prompts.items():
         if role not in METHOD_SPECS[method].layer_prompts:
             reason = f"{method.value} takes no {role.value} prompt"
@@ -233,7 +287,7 @@ def parameter_table() -> str:
     """The Markdown table of the `request` fields in docs/protocol.md."""
     rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     for spec in PARAMETERS.values():
-        default = "–" if spec.default is None else f"`{spec.shown_default}`"
+        default = "–" if spec.default is None and not spec.nullable else f"`{spec.shown_default}`"
         if spec.name == "method":
             allowed = "a method of the table below"
         elif spec.kind == "choice":
@@ -242,5 +296,6 @@ def parameter_table() -> str:
             allowed = spec.allowed
         kind = "object" if spec.kind == "layer prompts" else spec.kind.replace("text", "string")
         kind = "string" if spec.kind == "choice" else kind
+        kind = f"{kind} or null" if spec.nullable else kind
         rows.append(f"| `{spec.name}` | {kind} | {default} | {allowed} | {spec.meaning} |")
     return "\n".join(rows)

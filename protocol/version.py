@@ -12,8 +12,11 @@ from .errors import InvalidField, UnsupportedVersion, describe
 
 __all__ = ["PROTOCOL_VERSION", "check_compatible", "is_newer_minor"]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)
-"""The version this package speaks, `(major, minor)`."""
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+"""The version this package speaks, `(major, minor)`.
+
+1.1 added the optional request fields `noise_source` and `second_*`; a 1.0 peer leaves
+them out (their defaults apply) or, talking to a 1.1 one, ignores them."""
 
 
 def check_compatible(peer: tuple[int, int]) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from protocol import Sampler
+from protocol import NoiseSource, Sampler
 
 from .samplers import SAMPLERS_WITH_NOISE
 from .schedule import plan_schedule
@@ -34,17 +34,34 @@ def no_progress(step: int, total: int, latents: torch.Tensor) -> None:
     """A `StepCallback` that does nothing."""
 
 
+def noise_device(source: NoiseSource, device: torch.device) -> torch.device:
+    """Where noise of `source` is drawn for a run on `device`: the CPU, or with GPU noise
+    the run's own accelerator (A1111's `create_generator`: not MPS, where it uses the CPU)."""
+    if source is NoiseSource.GPU and device.type not in ("cpu", "mps"):
+        return device
+    return torch.device("cpu")
+
+
 def seeded_noise(
-    seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    seeds: Sequence[int],
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    source: NoiseSource = NoiseSource.CPU,
 ) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Initial noise, one row per seed, drawn on the CPU so a seed gives the same image
-    on every device; and the per-row generators the noise samplers continue with.
+    """Initial noise, one row per seed, and the per-row generators the noise samplers
+    continue with, as A1111's `ImageRNG` draws them: a generator per seed, float32.
+
+    CPU noise (the default) gives a seed the same image on every device. GPU noise is
+    drawn on the run's accelerator, as A1111 and Forge draw it by default, so their
+    seeds reproduce on an NVIDIA card; on a CPU-only run it is CPU noise.
 
     Returns:
-        (len(seeds), *shape) noise, and the generators.
+        (len(seeds), *shape) noise on `device` in `dtype`, and the generators.
     """
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    rows = [torch.randn(shape, generator=generator) for generator in generators]
+    where = noise_device(source, device)
+    generators = [torch.Generator(where).manual_seed(seed) for seed in seeds]
+    rows = [torch.randn(shape, generator=generator, device=where) for generator in generators]
     return torch.stack(rows).to(device=device, dtype=dtype), generators
 
 
@@ -199,7 +216,11 @@ def sample_passes(
         first = request.seed + index * rows
         seeds = list(range(first, first + rows))
         noise, generators = seeded_noise(
-            seeds, (4, height // 8, width // 8), models.device, models.dtype
+            seeds,
+            (4, height // 8, width // 8),
+            models.device,
+            models.dtype,
+            request.noise_source,
         )
 
         def report(step: int, total: int, latents: torch.Tensor, index: int = index) -> None:

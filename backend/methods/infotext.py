@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from protocol import METHOD_SPECS, LayerRole
+from protocol import METHOD_SPECS, SECOND_STEP_METHODS, LayerRole, NoiseSource
 
 from .request import GenerationRequest
 
@@ -49,8 +49,10 @@ def format_parameters(
         ("Size", f"{width}x{height}"),
         ("Model", model_name),
     ]
-    if LayerRole.FOREGROUND in request.inputs and not spec.required_inputs:
+    if LayerRole.FOREGROUND in request.inputs and LayerRole.FOREGROUND in spec.optional_inputs:
         fields.append(("Denoising strength", _number(request.denoise_strength)))
+    if request.noise_source is NoiseSource.CPU:
+        fields.append(("RNG", "CPU"))  # A1111 writes it when not its default, GPU
     fields += [
         ("layerdiffusion_enabled", True),
         ("layerdiffusion_method", spec.label),
@@ -62,6 +64,16 @@ def format_parameters(
     if spec.family.value == "sd15":
         fields += [
             (key, request.layer_prompts.get(role, "")) for role, key in _LAYER_PROMPT_KEYS.items()
+        ]
+    if request.method in SECOND_STEP_METHODS:
+        from .sdxl_blending import second_step  # the one-click workflows' step 2, resolved
+
+        second = second_step(request)
+        fields += [
+            ("layerdiffusion_second_prompt", second.prompt),
+            ("layerdiffusion_second_negative_prompt", second.negative_prompt),
+            ("layerdiffusion_second_sampler", second.sampler.label),
+            ("layerdiffusion_second_ending_step", _number(second.ending_step)),
         ]
     fields.append(("Version", VERSION))
     settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields)

@@ -13,6 +13,7 @@ from protocol import (
     InvalidParameter,
     LayerRole,
     Method,
+    NoiseSource,
     ResizeMode,
     Sampler,
     check_input_roles,
@@ -46,6 +47,10 @@ class GenerationRequest:
         weight: strength of the SDXL layer models (the SD1.5 models ignore it, as the original).
         ending_step: "Stop At": fraction of the schedule that uses the layer model.
         denoise_strength: for img2img, how much of the source is re-noised.
+        noise_source: where the starting noise is drawn (CPU: the same on every machine).
+        second_prompt / second_negative_prompt / second_sampler / second_ending_step:
+            step 2 of the one-click SDXL workflows; None takes the workflow's default
+            (`sdxl_blending`).
     """
 
     method: Method
@@ -66,6 +71,11 @@ class GenerationRequest:
     weight: float = 1.0
     ending_step: float = 1.0
     denoise_strength: float = 0.7
+    noise_source: NoiseSource = NoiseSource.CPU
+    second_prompt: str | None = None
+    second_negative_prompt: str | None = None
+    second_sampler: Sampler | None = None
+    second_ending_step: float | None = None
 
     @property
     def image_count(self) -> int:

@@ -10,27 +10,61 @@ The four conditional files (layerdiffuse.md §4) see condition latents beside th
 | bgble2fg | background, blend | foreground (transparent) |
 
 The one-click workflows chain them: "background for this foreground" is fg2ble then
-fgble2bg; "foreground into this background" is bg2ble then bgble2fg. The second step
-runs with Euler a when the request asks for a DPM++ sampler, as the original's README
-advises for these models ("change the sampler to Euler A or UniPC"); each result's
-second step uses that result's blend and seed.
+fgble2bg; "foreground into this background" is bg2ble then bgble2fg, each result's
+second step from that result's blend and seed. Step 2 has its own prompt, negative
+prompt, sampler and Stop At (`second_*` of the request); left out, they are the seed
+README's two-step recipes: the prompt and negative prompt of step 1, UniPC ("change the
+sampler to Euler A or UniPC or some other sampler that is not dpm"; its recipe names
+UniPC), and Stop At 0.5 for the background ("I set stop at as 0.5 to get better results
+since I do not need the bg to be exactly same") but 1 for the transparent foreground,
+whose alpha needs the layer model to the end. So the README's dog is one call:
+prompt "a dog sitting in room, high quality", second prompt "room, high quality".
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from protocol import LayerRole, Sampler
+from protocol import LayerRole, Method, Sampler
 
 from ..model_set import ModelSet
 from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult, MethodRunner
+from .schedule import plan_schedule
 from .sdxl_recipe import framing_of, run_layer_file, sample_layer_file
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
-_DPM_SAMPLERS = (Sampler.DPMPP_2M_KARRAS, Sampler.DPMPP_2M_SDE_KARRAS)
+SECOND_SAMPLER = Sampler.UNIPC
+"""Step 2's sampler unless the request names one (the seed README's recipe)."""
+SECOND_ENDING_STEPS = {Method.SDXL_FG_TO_BG: 0.5, Method.SDXL_BG_TO_FG: 1.0}
+"""Step 2's Stop At unless the request gives one: the background's recipe stops at 0.5."""
+
+
+@dataclass(frozen=True)
+class SecondStep:
+    """What step 2 of a one-click workflow runs with, defaults resolved."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: Sampler
+    ending_step: float
+
+
+def second_step(request: GenerationRequest) -> SecondStep:
+    """Step 2's settings of a one-click request: its `second_*` fields, or the recipe's."""
+    return SecondStep(
+        prompt=request.prompt if request.second_prompt is None else request.second_prompt,
+        negative_prompt=request.negative_prompt
+        if request.second_negative_prompt is None
+        else request.second_negative_prompt,
+        sampler=request.second_sampler or SECOND_SAMPLER,
+        ending_step=SECOND_ENDING_STEPS[request.method]
+        if request.second_ending_step is None
+        else request.second_ending_step,
+    )
 
 
 def _single_step(
@@ -96,14 +130,18 @@ def _two_steps(
 ) -> GenerationResult:
     first_file, given = first
     second_file, produced, transparent = second
-    # Progress over both steps: step 1 runs every result in batch_count passes, step 2
-    # one pass per result; every pass has the request's number of steps.
-    passes = request.batch_count + request.image_count
+    settings = second_step(request)
+    # One progress bar over both steps: step 1 runs every result in batch_count passes,
+    # step 2 one pass per result, each pass as many UNet calls as its sampler makes.
+    config = models.base.scheduler_config
+    first_calls = _calls(request.sampler, config, request.steps)
+    second_calls = _calls(settings.sampler, config, request.steps)
+    step_1_total = request.batch_count * first_calls
+    total = step_1_total + request.image_count * second_calls
 
-    def phase(passes_before: int, passes_in_call: int) -> StepCallback:
-        def report(step: int, total: int, latents: torch.Tensor) -> None:
-            per_pass = total // passes_in_call
-            on_step(passes_before * per_pass + step, passes * per_pass, latents)
+    def phase(done_before: int) -> StepCallback:
+        def report(step: int, _: int, latents: torch.Tensor) -> None:
+            on_step(done_before + step, total, latents)
 
         return report
 
@@ -114,21 +152,30 @@ def _two_steps(
     blends, seeds = sample_layer_file(
         request,
         models,
-        phase(0, request.batch_count),
+        phase(0),
         framing=framing,
         layer_file=first_file,
         transparent=False,
         conditions=[given_layer],
     )
-    # 2. Each result's layer from the given layer and its own blend.
-    sampler = Sampler.EULER_A if request.sampler in _DPM_SAMPLERS else request.sampler
+    # 2. Each result's layer from the given layer and its own blend, with step 2's
+    #    prompts, sampler and Stop At.
     images = []
     for index, (blend, seed) in enumerate(zip(blends, seeds, strict=True)):
-        single = replace(request, seed=seed, batch_size=1, batch_count=1, sampler=sampler)
+        single = replace(
+            request,
+            seed=seed,
+            batch_size=1,
+            batch_count=1,
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt,
+            sampler=settings.sampler,
+            ending_step=settings.ending_step,
+        )
         (layer,), _ = sample_layer_file(
             single,
             models,
-            phase(request.batch_count + index, 1),
+            phase(step_1_total + index * second_calls),
             framing=framing,
             layer_file=second_file,
             transparent=transparent,
@@ -136,3 +183,8 @@ def _two_steps(
         )
         images.append({produced: framing.to_request(layer), _BLEND: framing.to_request(blend)})
     return GenerationResult(images=images, seeds=seeds, generation_size=framing.generation_size)
+
+
+def _calls(sampler: Sampler, scheduler_config: dict[str, Any], steps: int) -> int:
+    """UNet calls of one txt2img pass of `steps` with `sampler`."""
+    return len(plan_schedule(sampler, scheduler_config, steps, img2img=False).timesteps)

@@ -614,7 +614,7 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
     (
         '{"type":"hello","protocol":[2,0],"whatever":1}',
         UnsupportedVersion,
-        "protocol version 2.0 is not supported, this side speaks 1.0",
+        "protocol version 2.0 is not supported, this side speaks 1.1",
         None,
     ),
     ('{"type":"hello","client":"k"}', MissingField, "hello: missing field 'protocol'", None),
@@ -724,7 +724,7 @@ def test_a_newer_minor_welcome_drops_unknown_capabilities() -> None:
         (
             Hello((2, 0), "k"),
             UnsupportedVersion,
-            "protocol version 2.0 is not supported, this side speaks 1.0",
+            "protocol version 2.0 is not supported, this side speaks 1.1",
         ),
     ],
 )

@@ -24,6 +24,7 @@ METHODS = {
     "Method",
     "MethodSpec",
     "ModelFamily",
+    "NoiseSource",
     "ResizeMode",
     "Sampler",
 }

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import (
+    PROTOCOL_VERSION,
     Accepted,
     CancelRequested,
     Capabilities,
@@ -99,7 +100,7 @@ def connect(
     """A client and a server past the handshake."""
     client, server_end = ClientProtocol("krita-layerdiffuse/0.1"), ServerProtocol(limits, **server)
     assert pump(client.send_hello(session), server_end) == [
-        HelloReceived(Hello((1, 0), "krita-layerdiffuse/0.1", session))
+        HelloReceived(Hello(PROTOCOL_VERSION, "krita-layerdiffuse/0.1", session))
     ]
     welcome = make_welcome(limits, session or "s1")
     assert pump(server_end.send_welcome(welcome), client) == [WelcomeReceived(welcome)]
@@ -489,7 +490,7 @@ def test_the_client_checks_the_bytes_it_is_given() -> None:
     small.send_hello()
     small.receive_text(encode_message(make_welcome(Limits(max_text_bytes=600))))
     with pytest.raises(LimitExceeded, match=r"^submit of 602 bytes exceeds the limit of 600$"):
-        small.send_submit(txt2img(prompt="p" * 200), {})
+        small.send_submit(txt2img(prompt="p" * 80), {})
     assert client.unfinished_jobs == frozenset() == small.unfinished_jobs
 
 

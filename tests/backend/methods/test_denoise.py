@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from backend.methods.denoise import denoise, seeded_noise, stop_timestep
+from backend.methods.denoise import denoise, noise_device, seeded_noise, stop_timestep
 from backend.methods.schedule import plan_schedule
 from backend.methods.stages import encode_text
 from backend.model_set import ModelSet
-from protocol import Sampler
+from protocol import NoiseSource, Sampler
 
 LATENT_SHAPE = (4, 8, 8)  # a 64 x 64 image
 
@@ -150,3 +150,27 @@ def test_guidance_1_ignores_the_negative_prompt(demo_models: ModelSet) -> None:
     plain = _run(demo_models, cfg_scale=1.0)
     assert torch.equal(plain, _run(demo_models, cfg_scale=1.0, uncond_context=other_uncond))
     assert not torch.equal(_run(demo_models), _run(demo_models, uncond_context=other_uncond))
+
+
+@pytest.mark.parametrize(
+    ("source", "device", "drawn_on"),
+    [
+        (NoiseSource.CPU, "cuda", "cpu"),
+        (NoiseSource.GPU, "cuda", "cuda"),
+        (NoiseSource.GPU, "cuda:1", "cuda:1"),
+        (NoiseSource.GPU, "mps", "cpu"),  # A1111 draws on the CPU there
+        (NoiseSource.GPU, "cpu", "cpu"),
+    ],
+)
+def test_gpu_noise_is_drawn_on_the_runs_accelerator(
+    source: NoiseSource, device: str, drawn_on: str
+) -> None:
+    assert noise_device(source, torch.device(device)) == torch.device(drawn_on)
+
+
+def test_gpu_noise_on_a_cpu_only_run_is_the_cpu_noise() -> None:
+    cpu, _ = seeded_noise([5], LATENT_SHAPE, torch.device("cpu"), torch.float32)
+    gpu, generators = seeded_noise(
+        [5], LATENT_SHAPE, torch.device("cpu"), torch.float32, NoiseSource.GPU
+    )
+    assert torch.equal(cpu, gpu) and generators[0].device.type == "cpu"

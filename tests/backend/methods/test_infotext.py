@@ -9,7 +9,7 @@ import pytest
 
 from backend.methods.infotext import VERSION, format_parameters
 from backend.methods.request import GenerationRequest
-from protocol import LayerRole, Method, ResizeMode, Sampler
+from protocol import LayerRole, Method, NoiseSource, ResizeMode, Sampler
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 
@@ -46,9 +46,13 @@ def _settings(text: str) -> str:
     return text.split("\n")[2]
 
 
-def test_the_sd15_sanity_check_writes_the_readmes_parameters() -> None:
+def test_the_sd15_sanity_check_with_gpu_noise_writes_the_readmes_parameters() -> None:
+    """The README's seeds were drawn on the GPU, A1111's default, which it does not write."""
     text = format_parameters(
-        _sanity_check_request(), 12345, "realisticVisionV51_v51VAE", (512, 512)
+        _sanity_check_request(noise_source=NoiseSource.GPU),
+        12345,
+        "realisticVisionV51_v51VAE",
+        (512, 512),
     )
     prompt, negative, settings = text.split("\n")
     assert prompt == "an apple, 4k, high quality"
@@ -56,6 +60,27 @@ def test_the_sd15_sanity_check_writes_the_readmes_parameters() -> None:
     expected = README_PARAMETERS.replace("Model hash: 15012c538f, ", "")
     expected = expected[: expected.index("Version: ")] + f"Version: {VERSION}"
     assert settings == expected
+
+
+def test_cpu_noise_is_written_as_a1111_writes_it() -> None:
+    settings = _settings(format_parameters(_sanity_check_request(), 1, "m", (512, 512)))
+    assert "Model: m, RNG: CPU, layerdiffusion_enabled" in settings
+
+
+def test_the_one_click_workflows_write_step_2s_settings() -> None:
+    request = GenerationRequest(
+        method=Method.SDXL_FG_TO_BG,
+        prompt="a dog sitting in room, high quality",
+        negative_prompt="bad, ugly",
+        second_prompt="room, high quality",
+        inputs={FG: np.zeros((8, 8, 4), np.uint8)},
+    )
+    settings = _settings(format_parameters(request, 1, "m", (1024, 1024)))
+    assert (
+        'layerdiffusion_second_prompt: "room, high quality", '
+        'layerdiffusion_second_negative_prompt: "bad, ugly", '
+        "layerdiffusion_second_sampler: UniPC, layerdiffusion_second_ending_step: 0.5, "
+    ) in settings
 
 
 def test_the_seed_and_size_are_the_results_own() -> None:
@@ -121,7 +146,7 @@ def test_img2img_adds_the_denoising_strength_and_marks_the_foreground_image() ->
         inputs={FG: image}, denoise_strength=0.5, resize_mode=ResizeMode.JUST_RESIZE
     )
     settings = _settings(format_parameters(request, 12345, "m", (512, 512)))
-    assert "Model: m, Denoising strength: 0.5, layerdiffusion_enabled: True, " in settings
+    assert "Model: m, Denoising strength: 0.5, RNG: CPU, layerdiffusion_enabled: True, " in settings
     assert "layerdiffusion_fg_image: True, layerdiffusion_bg_image: False, " in settings
     assert "layerdiffusion_resize_mode: Just Resize, " in settings
 

@@ -114,46 +114,91 @@ def test_conditions_are_concatenated_in_the_references_order(
     assert seen == [[fg, blend], [bg, blend]]
 
 
-def test_the_one_click_workflow_chains_two_steps_with_a_sampler_that_suits_the_second(
-    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[str, Sampler, int, int]] = []
+def _spy_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """Record, per call of one layer file: the file, prompts, sampler, Stop At, seed, conditions."""
+    calls: list[tuple[object, ...]] = []
     original = sdxl_blending.sample_layer_file
 
     def spy(request, models, on_step, **options):
-        conditions = len(options["conditions"])
-        calls.append((options["layer_file"], request.sampler, request.seed, conditions))
+        calls.append(
+            (
+                options["layer_file"],
+                request.prompt,
+                request.negative_prompt,
+                request.sampler,
+                request.ending_step,
+                request.seed,
+                len(options["conditions"]),
+            )
+        )
         return original(request, models, on_step, **options)
 
     monkeypatch.setattr(sdxl_blending, "sample_layer_file", spy)
+    return calls
+
+
+def test_one_click_reproduces_the_seed_readmes_two_step_recipe_in_one_call(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 1 "a dog sitting in room", DPM++ 2M SDE Karras, Stop At 1; step 2 "room",
+    UniPC, Stop At 0.5 (the README's Foreground Condition, SDXL, two steps)."""
+    calls = _spy_steps(monkeypatch)
+    request = request_for(
+        Method.SDXL_FG_TO_BG,
+        prompt="a dog sitting in room, high quality",
+        negative_prompt="bad, ugly",
+        second_prompt="room, high quality",
+        sampler=Sampler.DPMPP_2M_SDE_KARRAS,
+        cfg_scale=7.0,
+        seed=12345,
+    )
+    run_method(request, demo_sdxl_models)
+    assert calls == [
+        ("layer_xl_fg2ble", "a dog sitting in room, high quality", "bad, ugly",
+         Sampler.DPMPP_2M_SDE_KARRAS, 1.0, 12345, 1),
+        ("layer_xl_fgble2bg", "room, high quality", "bad, ugly", Sampler.UNIPC, 0.5, 12345, 2),
+    ]  # fmt: skip
+
+
+def test_one_click_steps_2_defaults_are_the_recipes_and_each_can_be_set(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _spy_steps(monkeypatch)
+    run_method(request_for(Method.SDXL_BG_TO_FG, negative_prompt="bad"), demo_sdxl_models)
+    # the foreground's step keeps the layer model to the end: its alpha needs it
+    assert calls[1] == ("layer_xl_bgble2fg", "a cat on a sofa", "bad", Sampler.UNIPC, 1.0, 9, 2)
+    calls.clear()
+    request = request_for(
+        Method.SDXL_BG_TO_FG,
+        second_prompt="",
+        second_negative_prompt="blurry",
+        second_sampler=Sampler.EULER_A,
+        second_ending_step=0.8,
+        ending_step=0.9,
+    )
+    run_method(request, demo_sdxl_models)
+    assert calls[0][3:5] == (Sampler.DPMPP_2M_KARRAS, 0.9)  # step 1: the request's own
+    assert calls[1] == ("layer_xl_bgble2fg", "", "blurry", Sampler.EULER_A, 0.8, 9, 2)
+
+
+def test_one_click_runs_each_results_step_2_from_its_blend_and_seed_with_one_progress_bar(
+    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _spy_steps(monkeypatch)
     progress: list[tuple[int, int]] = []
-    request = request_for(Method.SDXL_FG_TO_BG, batch_size=2, sampler=Sampler.DPMPP_2M_SDE_KARRAS)
+    request = request_for(Method.SDXL_FG_TO_BG, batch_size=2, sampler=Sampler.DDIM, steps=3)
     result = run_method(
         request, demo_sdxl_models, lambda step, total, _: progress.append((step, total))
     )
-    assert calls == [
-        ("layer_xl_fg2ble", Sampler.DPMPP_2M_SDE_KARRAS, 9, 1),  # the foreground
-        ("layer_xl_fgble2bg", Sampler.EULER_A, 9, 2),  # the foreground and its blend
-        ("layer_xl_fgble2bg", Sampler.EULER_A, 10, 2),
+    assert [(call[0], call[5], call[6]) for call in calls] == [
+        ("layer_xl_fg2ble", 9, 1),
+        ("layer_xl_fgble2bg", 9, 2),
+        ("layer_xl_fgble2bg", 10, 2),
     ]
     assert [set(layers) for layers in result.images] == [{BG, BLEND}] * 2
-    # One progress bar over both steps: 2 steps for the blends, 2 for each background.
-    assert progress == [(step, 6) for step in range(1, 7)]
-
-
-def test_a_sampler_that_suits_both_steps_is_kept(
-    demo_sdxl_models: ModelSet, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    samplers: list[Sampler] = []
-    original = sdxl_blending.sample_layer_file
-
-    def spy(request, models, on_step, **options):
-        samplers.append(request.sampler)
-        return original(request, models, on_step, **options)
-
-    monkeypatch.setattr(sdxl_blending, "sample_layer_file", spy)
-    run_method(request_for(Method.SDXL_BG_TO_FG, sampler=Sampler.UNIPC), demo_sdxl_models)
-    assert samplers == [Sampler.UNIPC, Sampler.UNIPC]
+    # DDIM makes 3 calls at 3 steps (A1111's 1, 334, 667, 999: all but the lowest), UniPC
+    # runs 4 steps (as many as that list is long): 3 + 2 x 4 in one bar
+    assert progress == [(step, 11) for step in range(1, 12)]
 
 
 def test_transparent_img2img_through_the_sdxl_encoder(demo_sdxl_models: ModelSet) -> None:
