@@ -108,8 +108,9 @@ class MethodSpec:
         label: the original extension's UI string (also its infotext value).
         frames: images diffused together per result (SD1.5 attention sharing).
         required_inputs: layers the caller must send.
-        optional_inputs: layers the caller may send; for the transparent methods a
-            foreground input is the source of a transparent img2img.
+        optional_inputs: layers the caller may send: a foreground input of a method
+            whose output has alpha is the source of a transparent img2img (the original
+            allows img2img with the transparent encoder for exactly these methods).
         outputs: the layers one result consists of.
         layer_prompts: which per-layer prompts the method reads.
     """
@@ -139,7 +140,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) Generate Everything Together (need batch size 3)",
         frames=3,
         required_inputs=(),
-        optional_inputs=(),
+        optional_inputs=(_FG,),
         outputs=(_FG, _BG, _BLEND),
         layer_prompts=(_FG, _BG, _BLEND),
     ),
@@ -157,7 +158,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) From Background to Foreground (need batch size 2)",
         frames=2,
         required_inputs=(_BG,),
-        optional_inputs=(),
+        optional_inputs=(_FG,),
         outputs=(_FG, _BLEND),
         layer_prompts=(_FG, _BLEND),
     ),
@@ -206,7 +207,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Background and Blending to Foreground",
         frames=1,
         required_inputs=(_BG, _BLEND),
-        optional_inputs=(),
+        optional_inputs=(_FG,),
         outputs=(_FG,),
     ),
     # One click: foreground → blending → background, and background → blending → foreground.

@@ -35,6 +35,7 @@ from .denoise import StepCallback, no_progress
 from .request import GenerationRequest, GenerationResult, MethodRunner
 from .schedule import plan_schedule
 from .sdxl_recipe import framing_of, run_layer_file, sample_layer_file
+from .stages import img2img_source
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
 SECOND_SAMPLER = Sampler.UNIPC
@@ -73,6 +74,8 @@ def _single_step(
     def run(
         request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
     ) -> GenerationResult:
+        # A transparent output can rework a foreground input (img2img), as the original's.
+        source = img2img_source(models, request, framing_of(request)) if transparent else None
         return run_layer_file(
             request,
             models,
@@ -81,6 +84,7 @@ def _single_step(
             output=output,
             transparent=transparent,
             condition=condition,
+            source=source,
         )
 
     run.__doc__ = (

@@ -137,7 +137,7 @@ def test_a_required_input_that_is_missing_is_named() -> None:
             {FG: _rgba(), BLEND: _rgba()},
             "inputs: sd15_fg2bg takes no blended layer",
         ),
-        (Method.SD15_JOINT, {FG: _rgba()}, "inputs: sd15_joint takes no foreground layer"),
+        (Method.SD15_JOINT, {BG: _rgba()}, "inputs: sd15_joint takes no background layer"),
     ],
 )
 def test_an_input_for_a_role_the_method_does_not_take_is_refused(
