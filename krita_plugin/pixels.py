@@ -9,6 +9,8 @@ takes the buffer's own size, so a short buffer is caught here, not inside Krita 
 
 from __future__ import annotations
 
+import mmap
+
 from .geometry import Bounds, Extent
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "check_size",
     "crop",
     "has_visible_pixels",
+    "lazy_buffer",
     "pad",
     "strips",
     "swap_red_blue",
@@ -100,6 +103,15 @@ def has_visible_pixels(data: Buffer) -> bool:
     slice of bytes or a bytearray is done in C, of a memoryview element by element)."""
     alpha = (data if isinstance(data, (bytes, bytearray)) else bytes(data))[3::4]
     return alpha.count(0) != len(alpha)
+
+
+def lazy_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer whose pages are mapped as they are first written: an
+    anonymous mapping from 1 MiB on (zeroing a 64 MiB bytearray at once is a stall of
+    its own on the UI thread), a bytearray below."""
+    if size >= 1 << 20:
+        return memoryview(mmap.mmap(-1, size))
+    return memoryview(bytearray(size))
 
 
 STRIP_BYTES = 8 << 20

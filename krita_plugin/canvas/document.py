@@ -30,7 +30,7 @@ from ..errors import (
     UnsupportedDocument,
 )
 from ..geometry import Bounds, Extent, work_region
-from ..pixels import BYTES_PER_PIXEL, check_size, has_visible_pixels, strips
+from ..pixels import BYTES_PER_PIXEL, check_size, has_visible_pixels, lazy_buffer, strips
 from ..placement import Capture, InputSource, NewLayer
 from ..qt import QIcon
 from ..timing import timed
@@ -137,10 +137,11 @@ def capture_from(
     if source is InputSource.ACTIVE_LAYER:
         check_color(anchor.colorModel(), anchor.colorDepth())
         if read_layer:
-            buffer = bytearray(region.extent.pixels * BYTES_PER_PIXEL)
-            for _ in _read_strips(document, anchor, region, buffer):
-                pass
-            pixels = _checked_layer(anchor, buffer)
+            buffer = _new_buffer(region)
+            visible = False
+            for strip_visible in _read_strips(document, anchor, region, buffer):
+                visible = visible or strip_visible
+            pixels = _checked_layer(anchor, buffer, visible)
     elif source is InputSource.SCENE:
         # At once: the layers above are hidden meanwhile, and must not be seen so.
         pixels = read_scene(document, anchor, region)
@@ -164,29 +165,35 @@ async def read_layer(capture: Capture) -> Capture:
     if anchor is None:
         raise EmptyRegion(f"The layer “{capture.anchor_name}” was removed before it was read.")
     region = capture.region
-    buffer = bytearray(region.extent.pixels * BYTES_PER_PIXEL)
-    for _ in _read_strips(document, anchor, region, buffer):
+    buffer = _new_buffer(region)
+    visible = False
+    for strip_visible in _read_strips(document, anchor, region, buffer):
+        visible = visible or strip_visible
         await asyncio.sleep(0)
-    return dataclasses.replace(capture, pixels=_checked_layer(anchor, buffer))
+    return dataclasses.replace(capture, pixels=_checked_layer(anchor, buffer, visible))
+
+
+def _new_buffer(region: Bounds) -> memoryview:
+    return lazy_buffer(region.extent.pixels * BYTES_PER_PIXEL)
 
 
 def _read_strips(
-    document: Document, anchor: Node, region: Bounds, buffer: bytearray
-) -> Iterator[None]:
-    """Read the layer's region into `buffer` strip by strip, yielding after each."""
+    document: Document, anchor: Node, region: Bounds, buffer: memoryview
+) -> Iterator[bool]:
+    """Read the layer's region into `buffer` strip by strip, yielding after each
+    whether it had a visible pixel."""
     with timed("waiting for Krita before reading the layer"):
         document.waitForDone()
     stride = region.width * BYTES_PER_PIXEL
     for top, rows in strips(region.extent):
         with timed(f"reading {region.width}x{rows} of the layer"):
-            data = anchor.projectionPixelData(region.x, region.y + top, region.width, rows)
+            data = bytes(anchor.projectionPixelData(region.x, region.y + top, region.width, rows))
             buffer[top * stride : (top + rows) * stride] = data
-        yield
+            visible = has_visible_pixels(data)
+        yield visible
 
 
-def _checked_layer(anchor: Node, pixels: bytearray) -> bytearray:
-    with timed("looking for visible pixels"):
-        visible = has_visible_pixels(pixels)
+def _checked_layer(anchor: Node, pixels: memoryview, visible: bool) -> memoryview:
     if not visible:
         raise EmptyRegion(
             f"The layer “{anchor.name()}” has nothing visible in the work area, so there "

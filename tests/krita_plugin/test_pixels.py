@@ -13,6 +13,7 @@ from krita_plugin.pixels import (
     check_size,
     crop,
     has_visible_pixels,
+    lazy_buffer,
     pad,
     strips,
     swap_red_blue,
@@ -136,3 +137,11 @@ def test_a_thumbnail_samples_the_nearest_pixels() -> None:
     assert (result[:, :5] == (255, 0, 0, 255)).all() and (result[:, 5:] == 0).all()
     with pytest.raises(ValueError):
         thumbnail(bytes(12), extent, 10)
+
+
+@pytest.mark.parametrize("size", [16, (1 << 20) + 4])
+def test_a_lazy_buffer_is_zeroed_and_writable(size: int) -> None:
+    buffer = lazy_buffer(size)
+    assert len(buffer) == size and not buffer.readonly and bytes(buffer[-4:]) == bytes(4)
+    buffer[-1] = 5
+    assert buffer[-1] == 5
