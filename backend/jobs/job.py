@@ -50,6 +50,32 @@ class JobResult:
     layers: tuple[EncodedLayer, ...]
 
 
+@dataclass(frozen=True)
+class JobWork:
+    """What a GPU needs to run one job, and nothing else: it holds no lock or event, so it
+    pickles (a cluster sends it to another process, maybe another machine).
+
+    Attributes:
+        label: `session/job`, for log lines.
+        request: the validated generation request, input pixels included.
+        result_format: the pixel format results are encoded in.
+        previews: whether progress reports carry a preview.
+    """
+
+    label: str
+    request: GenerationRequest
+    result_format: PixelFormat
+    previews: bool
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a run ended: COMPLETED, CANCELLED or FAILED (with the error a client sees)."""
+
+    state: JobState
+    error: ErrorInfo | None = None
+
+
 @dataclass
 class Job:
     """A submitted job.
@@ -81,3 +107,12 @@ class Job:
     def key(self) -> tuple[str, str]:
         """Unique across sessions."""
         return (self.session_id, self.id)
+
+    @property
+    def label(self) -> str:
+        """`session/job`, for log lines."""
+        return f"{self.session_id}/{self.id}"
+
+    def work(self) -> JobWork:
+        """What a GPU needs to run it (`runner.run_job`), free of the server's state."""
+        return JobWork(self.label, self.request, self.result_format, self.previews)

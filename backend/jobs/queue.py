@@ -1,9 +1,10 @@
 """Sessions and their jobs: admission, queue positions, cancel, and results held until delivered.
 
-Everything here runs on the event loop; the GPU worker's reports arrive through
-`JobQueue.listener()`, which hops them onto the loop. A session outlives its
-connection: what finishes while its client is away is kept for the retention window
-and handed to the next connection that says hello with the session's id.
+Everything here runs on the event loop. Jobs run on an `Executor` (this machine's
+worker thread, or a cluster's GPUs), whose reports arrive on the loop as the
+`on_*` methods. A session outlives its connection: what finishes while its client is
+away is kept for the retention window and handed to the next connection that says
+hello with the session's id.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Protocol
 
 from protocol import DuplicateJob, ErrorInfo, QueueFull, UnknownJob
 
-from ..model_set import ModelSet
+from .executor import Executor
 from .job import Job, JobResult, JobState
-from .worker import GpuWorker
+from .runner import Preview
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Delivery(Protocol):
     """Where a session's reports go while its client is connected (the connection)."""
 
     def deliver_progress(
-        self, job: Job, step: int, total: int, preview: tuple[int, int, bytes] | None
+        self, job: Job, step: int, total: int, preview: Preview | None
     ) -> None: ...
 
     def deliver_result(self, job: Job, result: JobResult) -> None: ...
@@ -61,44 +62,41 @@ class Session:
 
 
 class JobQueue:
-    """Admits jobs, keeps the queue order, routes the worker's reports to sessions.
+    """Admits jobs, hands them to the executor, routes its reports to sessions.
 
     Args:
-        models: the loaded models (the worker owns them; the queue reads their family).
+        executor: where jobs run (it reports back through this queue's `on_*` methods).
         loop: the event loop everything here runs on.
         max_queued_jobs: unfinished jobs allowed per session.
         retention_seconds: how long a session without a client keeps its results.
-        preview_side: longest side of progress previews.
         clock: monotonic time source (tests).
     """
 
     def __init__(
         self,
-        models: ModelSet,
+        executor: Executor,
         loop: asyncio.AbstractEventLoop,
         *,
         max_queued_jobs: int,
         retention_seconds: float,
-        preview_side: int = 128,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.models = models
+        self.executor = executor
         self.loop = loop
         self.max_queued_jobs = max_queued_jobs
         self.retention_seconds = retention_seconds
         self.clock = clock
         self.sessions: dict[str, Session] = {}
-        self._order: list[Job] = []  # unfinished jobs, oldest first
-        self.worker = GpuWorker(models, _LoopListener(self), preview_side)
 
     def start(self) -> None:
-        self.worker.start()
+        self.executor.start(self, self.loop)
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Drop queued jobs, interrupt the running one, wait for the worker."""
-        for job in list(self._order):
-            job.cancel_requested.set()
-        return self.worker.stop(timeout)
+    async def stop(self, timeout: float = 10.0) -> bool:
+        """Drop queued jobs, interrupt the running ones, wait for the executor."""
+        for session in self.sessions.values():
+            for job in session.jobs.values():
+                job.cancel_requested.set()
+        return await self.executor.stop(timeout)
 
     # Sessions ---------------------------------------------------------------------------
 
@@ -141,8 +139,8 @@ class JobQueue:
                 for job in session.jobs.values():
                     job.cancel_requested.set()
                     if not job.state.finished:
+                        self.executor.cancel(job)
                         job.state = JobState.CANCELLED
-                        self._forget(job)
                 del self.sessions[session.id]
                 log.info("session %s expired", session.id)
 
@@ -153,7 +151,8 @@ class JobQueue:
 
         Raises:
             DuplicateJob: the session has an unfinished job with this id.
-            QueueFull: the session has `max_queued_jobs` unfinished jobs.
+            QueueFull: the session has `max_queued_jobs` unfinished jobs, or the executor
+                holds as many waiting jobs as it may.
         """
         existing = session.jobs.get(job.id)
         if existing is not None and not existing.state.finished:
@@ -163,13 +162,12 @@ class JobQueue:
                 f"{session.unfinished} jobs are unfinished; the limit is {self.max_queued_jobs}",
                 job=job.id,
             )
+        position = self.executor.submit(job)  # its reports come later, on the loop
         session.jobs[job.id] = job
-        self._order.append(job)
-        self.worker.enqueue(job)
-        return self._order.index(job)
+        return position
 
     def position(self, job: Job) -> int:
-        return self._order.index(job) if job in self._order else 0
+        return self.executor.position(job)
 
     def cancel(self, session: Session, job_id: str) -> None:
         """Cancel a queued job at once, a running one within one sampler step.
@@ -181,18 +179,17 @@ class JobQueue:
         if job is None or job.state.finished:
             raise UnknownJob(f"no unfinished job {job_id}", job=job_id)
         job.cancel_requested.set()
-        if job.state is JobState.QUEUED:  # the worker will skip it
+        self.executor.cancel(job)
+        if job.state is JobState.QUEUED:  # it never started: over at once
             self._end(job, JobState.CANCELLED, None)
 
-    # Reports from the worker, on the loop ---------------------------------------------------
+    # Reports from the executor, on the loop -------------------------------------------------
 
     def on_started(self, job: Job) -> None:
         if job.state is JobState.QUEUED:
             job.state = JobState.RUNNING
 
-    def on_progress(
-        self, job: Job, step: int, total: int, preview: tuple[int, int, bytes] | None
-    ) -> None:
+    def on_progress(self, job: Job, step: int, total: int, preview: Preview | None) -> None:
         session = self.sessions.get(job.session_id)
         if job.state is JobState.RUNNING and session is not None and session.connection is not None:
             session.connection.deliver_progress(job, step, total, preview)
@@ -210,7 +207,6 @@ class JobQueue:
     def _end(self, job: Job, state: JobState, error: ErrorInfo | None) -> None:
         job.state = state
         job.error = error
-        self._forget(job)
         session = self.sessions.get(job.session_id)
         if session is None:
             return
@@ -230,28 +226,3 @@ class JobQueue:
         job.results.clear()
         if session.jobs.get(job.id) is job:
             del session.jobs[job.id]
-
-    def _forget(self, job: Job) -> None:
-        if job in self._order:
-            self._order.remove(job)
-
-
-class _LoopListener:
-    """The worker's listener: every report hops from the worker thread to the loop."""
-
-    def __init__(self, queue: JobQueue) -> None:
-        self.queue = queue
-
-    def job_started(self, job: Job) -> None:
-        self.queue.loop.call_soon_threadsafe(self.queue.on_started, job)
-
-    def job_progress(
-        self, job: Job, step: int, total: int, preview: tuple[int, int, bytes] | None
-    ) -> None:
-        self.queue.loop.call_soon_threadsafe(self.queue.on_progress, job, step, total, preview)
-
-    def job_result(self, job: Job, result: JobResult) -> None:
-        self.queue.loop.call_soon_threadsafe(self.queue.on_result, job, result)
-
-    def job_finished(self, job: Job, state: JobState, error: ErrorInfo | None) -> None:
-        self.queue.loop.call_soon_threadsafe(self.queue.on_finished, job, state, error)

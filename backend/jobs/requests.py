@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from protocol import METHOD_SPECS, JobSubmitted, Method
+from protocol import METHOD_SPECS, JobSubmitted, Method, ModelFamily, ModelInfo
 from protocol import InvalidRequest as WireInvalidRequest
 
 from ..errors import InvalidRequest
 from ..methods.registry import available_methods, check_request
 from ..methods.request import GenerationRequest
-from ..model_set import ModelSet
 from .job import Job
 from .pixels import decode_image
 
 
-def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> Job:
+def job_from_submit(event: JobSubmitted, session_id: str, model: ModelInfo) -> Job:
     """Decode the input images and check the request against the method and the model.
 
-    Runs off the event loop (PNG decoding of a big layer takes a while).
+    Runs off the event loop (PNG decoding of a big layer takes a while). The model is
+    known by its description only: in a cluster it is loaded on other machines (whose
+    replicas check the request again against the loaded model).
 
     Raises:
         protocol.InvalidRequest: the parameters do not fit the method or the model
@@ -33,7 +34,14 @@ def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> J
     wire["layer_prompts"] = dict(parameters.layer_prompts)
     request = GenerationRequest(**wire, inputs=inputs)
     try:
-        check_request(request, models)
+        check_request(request)
+        family = METHOD_SPECS[request.method].family
+        if family != model.family:
+            raise InvalidRequest(
+                "method",
+                f"{request.method.value} needs a {family.value} base model, "
+                f"but {model.name} is {model.family.value}",
+            )
     except InvalidRequest as error:
         raise WireInvalidRequest(str(error), job=submit.job) from error
     return Job(
@@ -45,6 +53,6 @@ def job_from_submit(event: JobSubmitted, session_id: str, models: ModelSet) -> J
     )
 
 
-def runnable_methods(models: ModelSet) -> tuple[Method, ...]:
-    """The methods this backend runs with the loaded model's family (for `welcome`)."""
-    return tuple(m for m in available_methods() if METHOD_SPECS[m].family == models.family)
+def runnable_methods(family: ModelFamily) -> tuple[Method, ...]:
+    """The methods this backend runs with a model of `family` (for `welcome`)."""
+    return tuple(m for m in available_methods() if METHOD_SPECS[m].family == family)

@@ -4,28 +4,22 @@ The event loop never touches torch (style rule 8). It hands jobs over through a
 thread-safe queue; the worker reports back through a `WorkerListener` whose methods
 it calls from this thread (the server's listener hops to the loop with
 `call_soon_threadsafe`). Cancel is a `threading.Event` checked after every sampler
-step, so a running job stops within one step.
+step, so a running job stops within one step. A job's body is `runner.run_job`, the
+same code a cluster replica runs.
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
-import torch
+from protocol import ErrorInfo
 
-from protocol import ErrorCode, ErrorInfo
-
-from ..errors import Cancelled, to_wire_error
-from ..methods.previews import latent_preview
-from ..methods.registry import run_method
 from ..model_set import ModelSet
-from .job import EncodedLayer, Job, JobResult, JobState
-from .pixels import encode_image
-
-log = logging.getLogger(__name__)
+from .job import Job, JobResult, JobState
+from .runner import Preview, run_job
 
 
 class WorkerListener(Protocol):
@@ -33,9 +27,7 @@ class WorkerListener(Protocol):
 
     def job_started(self, job: Job) -> None: ...
 
-    def job_progress(
-        self, job: Job, step: int, total: int, preview: tuple[int, int, bytes] | None
-    ) -> None: ...
+    def job_progress(self, job: Job, step: int, total: int, preview: Preview | None) -> None: ...
 
     def job_result(self, job: Job, result: JobResult) -> None: ...
 
@@ -90,42 +82,20 @@ class GpuWorker:
 
     def _run_job(self, job: Job) -> None:
         self.listener.job_started(job)
-        log.info("job %s/%s started: %s", job.session_id, job.id, job.request.method.value)
+        reports = _JobReports(self.listener, job)
+        end = run_job(job.work(), self.models, reports, job.cancel_requested, self.preview_side)
+        self.listener.job_finished(job, end.state, end.error)
 
-        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-            if job.cancel_requested.is_set():
-                raise Cancelled(f"job {job.id} cancelled")
-            preview = None
-            if job.previews:
-                preview = latent_preview(latents, self.models.family, self.preview_side)
-            self.listener.job_progress(job, step, total, preview)
 
-        try:
-            generated = run_method(job.request, self.models, on_step)
-        except Cancelled:
-            self._finish(job, JobState.CANCELLED, None)
-            return
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            message = "out of GPU memory: try a smaller size, fewer images or fewer layers"
-            self._finish(job, JobState.FAILED, ErrorInfo(ErrorCode.LIMIT_EXCEEDED, message))
-            return
-        except Exception as error:
-            if to_wire_error(error).code is ErrorCode.INTERNAL_ERROR:
-                log.exception("job %s/%s failed", job.session_id, job.id)
-            self._finish(job, JobState.FAILED, to_wire_error(error))
-            return
+@dataclass(frozen=True)
+class _JobReports:
+    """`run_job`'s reports of one job, passed on to the listener."""
 
-        for index, (layers, seed) in enumerate(zip(generated.images, generated.seeds, strict=True)):
-            encoded = tuple(
-                EncodedLayer(
-                    role, image.shape[1], image.shape[0], encode_image(image, job.result_format)
-                )
-                for role, image in layers.items()
-            )
-            self.listener.job_result(job, JobResult(index=index, seed=seed, layers=encoded))
-        self._finish(job, JobState.COMPLETED, None)
+    listener: WorkerListener
+    job: Job
 
-    def _finish(self, job: Job, state: JobState, error: ErrorInfo | None) -> None:
-        log.info("job %s/%s %s", job.session_id, job.id, state.value)
-        self.listener.job_finished(job, state, error)
+    def progress(self, step: int, total: int, preview: Preview | None) -> None:
+        self.listener.job_progress(self.job, step, total, preview)
+
+    def result(self, result: JobResult) -> None:
+        self.listener.job_result(self.job, result)

@@ -24,7 +24,6 @@ from protocol import (
     PROTOCOL_VERSION,
     Capabilities,
     Limits,
-    ModelInfo,
     PixelFormat,
     ResizeMode,
     Sampler,
@@ -32,6 +31,7 @@ from protocol import (
 )
 
 from ..config import ServerConfig
+from ..jobs.executor import Executor, LocalExecutor
 from ..jobs.queue import JobQueue
 from ..jobs.requests import runnable_methods
 from .admission import Admission
@@ -54,12 +54,26 @@ class LayerDiffuseServer:
 
     Args:
         config: bind address, token, origins, limits, timeouts.
-        models: the loaded model set (the GPU worker's from now on).
+        models: the loaded model set, run by this machine's GPU worker thread; or
+        executor: where jobs run instead (a cluster's GPUs: `backend.cluster`). Exactly
+            one of the two.
     """
 
-    def __init__(self, config: ServerConfig, models: ModelSet) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        models: ModelSet | None = None,
+        *,
+        executor: Executor | None = None,
+    ) -> None:
+        if executor is None:
+            if models is None:
+                raise ValueError("give the models or an executor")
+            executor = LocalExecutor(models, config.preview_side)
+        elif models is not None:
+            raise ValueError("give the models or an executor, not both")
         self.config = config
-        self.models = models
+        self.executor: Executor = executor
         self.queue: JobQueue | None = None
         self._server: WebsocketServer | None = None
         self.admission = Admission(config)
@@ -73,15 +87,15 @@ class LayerDiffuseServer:
         return self._server.sockets[0].getsockname()[1]
 
     def welcome(self) -> Welcome:
-        family = self.models.family
+        model = self.executor.model
         return Welcome(
             protocol=PROTOCOL_VERSION,
             server=SERVER_NAME,
             session="",
-            model=ModelInfo(self.models.base.name, family, self.models.is_demo),
+            model=model,
             capabilities=Capabilities(
-                methods=runnable_methods(self.models),
-                families=(family,),
+                methods=runnable_methods(model.family),
+                families=(model.family,),
                 samplers=tuple(Sampler),
                 resize_modes=tuple(ResizeMode),
                 formats=tuple(PixelFormat),
@@ -90,15 +104,14 @@ class LayerDiffuseServer:
         )
 
     async def start(self) -> None:
-        """Start the GPU worker and listen."""
+        """Start the executor and listen."""
         config = self.config
         limits: Limits = config.limits
         self.queue = JobQueue(
-            self.models,
+            self.executor,
             asyncio.get_running_loop(),
             max_queued_jobs=limits.max_queued_jobs,
             retention_seconds=config.retention_seconds,
-            preview_side=config.preview_side,
         )
         self.queue.start()
         self._server = await serve(
@@ -120,14 +133,14 @@ class LayerDiffuseServer:
         log.info("listening on ws://%s:%d", config.host, self.port)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, drop queued jobs, interrupt the running one, close connections."""
+        """Stop accepting, drop queued jobs, interrupt the running ones, close connections."""
         for task in (self._housekeeping, self._watch):
             if task is not None:
                 task.cancel()
         if self._server is not None:
             self._server.close()
         if self.queue is not None:
-            await asyncio.to_thread(self.queue.stop, timeout)
+            await self.queue.stop(timeout)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -172,12 +185,17 @@ def _respond(connection: ServerConnection, status: HTTPStatus, text: str) -> Res
 
 async def run_server(
     config: ServerConfig,
-    models: ModelSet,
+    models: ModelSet | None,
     stop: asyncio.Event,
     on_listening: Callable[[int], None] | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> None:
-    """Serve until `stop` is set; `on_listening(port)` once bound."""
-    server = LayerDiffuseServer(config, models)
+    """Serve until `stop` is set; `on_listening(port)` once bound.
+
+    Jobs run on `models` with this machine's worker thread, or on `executor`.
+    """
+    server = LayerDiffuseServer(config, models, executor=executor)
     await server.start()
     if on_listening is not None:
         on_listening(server.port)
