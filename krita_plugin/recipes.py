@@ -3,11 +3,12 @@
 - transparent layer: `sd15_transparent` / `sdxl_transparent_attn` (or `_conv`, the
   docker's choice); reads nothing;
   inserts the foreground above the active layer.
-- background: `sd15_fg2bg` / `sdxl_fg2ble` then `sdxl_fgble2bg`; reads the active layer
-  (the foreground); inserts the background directly below it.
-- foreground: `sd15_bg2fg` / `sdxl_bg2ble` then `sdxl_bgble2fg`; reads the scene up to
-  and including the active layer (the background); inserts the foreground directly
-  above it.
+- background: `sd15_fg2bg` / `sdxl_fg2bg` (the backend's one-click `sdxl_fg2ble` then
+  `sdxl_fgble2bg`, each step with its own prompt, sampler and Stop At); reads the active
+  layer (the foreground); inserts the background directly below it.
+- foreground: `sd15_bg2fg` / `sdxl_bg2fg` (`sdxl_bg2ble` then `sdxl_bgble2fg`); reads the
+  scene up to and including the active layer (the background); inserts the foreground
+  directly above it.
 - together: `sd15_joint` (SD1.5 only); reads nothing; inserts the background, then the
   foreground, above the active layer.
 
@@ -92,8 +93,8 @@ class Recipe:
         family: the model family its methods belong to.
         source: what it reads from the document.
         captured_role: the role the read pixels play (None when nothing is read).
-        steps: methods run one after another; a step's inputs are the captured image
-            and the outputs of the steps before it.
+        method: the method it runs (SDXL's layer actions use the backend's one-click
+            workflows: two methods in one job).
         outputs: the layers inserted, bottom to top within each placement.
     """
 
@@ -101,17 +102,16 @@ class Recipe:
     family: protocol.ModelFamily
     source: InputSource
     captured_role: protocol.LayerRole | None
-    steps: tuple[protocol.Method, ...]
+    method: protocol.Method
     outputs: tuple[OutputLayer, ...]
 
     def check_offered(self, offered: tuple[protocol.Method, ...]) -> None:
-        """Raise MethodUnavailable unless the backend offers every method of the recipe."""
-        missing = [method for method in self.steps if method not in offered]
-        if missing:
-            names = ", ".join(method.value for method in missing)
+        """Raise MethodUnavailable unless the backend offers the recipe's method."""
+        if self.method not in offered:
             have = ", ".join(method.value for method in offered) or "none"
             raise MethodUnavailable(
-                f"The backend does not offer {names}, which “{self.action.label}” needs with "
+                f"The backend does not offer {self.method.value}, which “{self.action.label}” "
+                "needs with "
                 f"{_family_label(self.family)} (it offers: {have}). Start it with an "
                 f"{_family_label(self.family)} model, or pick the other model family."
             )
@@ -146,25 +146,17 @@ def recipe_for(
             raise ValueError(f"{sdxl_transparent} is not an SDXL transparent method")
         method = Method.SD15_TRANSPARENT if sd15 else sdxl_transparent
         return Recipe(
-            action, family, InputSource.NOTHING, None, (method,), (OutputLayer(_FG, _ABOVE),)
+            action, family, InputSource.NOTHING, None, method, (OutputLayer(_FG, _ABOVE),)
         )
     if action is Action.BACKGROUND:
-        steps = (
-            (Method.SD15_FG_TO_BG,)
-            if sd15
-            else (Method.SDXL_FG_TO_BLEND, Method.SDXL_FG_BLEND_TO_BG)
-        )
+        method = Method.SD15_FG_TO_BG if sd15 else Method.SDXL_FG_TO_BG
         outputs = (OutputLayer(_BG, _BELOW), *blended)
-        return Recipe(action, family, InputSource.ACTIVE_LAYER, _FG, steps, outputs)
+        return Recipe(action, family, InputSource.ACTIVE_LAYER, _FG, method, outputs)
     if action is Action.FOREGROUND:
-        steps = (
-            (Method.SD15_BG_TO_FG,)
-            if sd15
-            else (Method.SDXL_BG_TO_BLEND, Method.SDXL_BG_BLEND_TO_FG)
-        )
+        method = Method.SD15_BG_TO_FG if sd15 else Method.SDXL_BG_TO_FG
         above = (OutputLayer(_BLEND, _ABOVE, visible=False),) if insert_blended else ()
         outputs = (*above, OutputLayer(_FG, _ABOVE))
-        return Recipe(action, family, InputSource.SCENE, _BG, steps, outputs)
+        return Recipe(action, family, InputSource.SCENE, _BG, method, outputs)
     if not sd15:
         raise MethodUnavailable(
             "Generating foreground and background together needs an SD1.5 model "
@@ -173,7 +165,7 @@ def recipe_for(
         )
     top = (OutputLayer(_BLEND, _ABOVE, visible=False),) if insert_blended else ()
     outputs = (OutputLayer(_BG, _ABOVE), OutputLayer(_FG, _ABOVE), *top)
-    return Recipe(action, family, InputSource.NOTHING, None, (Method.SD15_JOINT,), outputs)
+    return Recipe(action, family, InputSource.NOTHING, None, Method.SD15_JOINT, outputs)
 
 
 def step_inputs(

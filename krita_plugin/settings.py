@@ -21,6 +21,7 @@ __all__ = [
     "SETTINGS_GROUP",
     "Settings",
     "SettingsStore",
+    "choices",
     "describe",
     "load_settings",
     "save_settings",
@@ -160,6 +161,35 @@ class Settings:
             choices=_SDXL_TRANSPARENT,
         ),
     )
+    second_prompt: str = field(
+        default="",
+        metadata=_spec(
+            "Step 2 prompt",
+            "SDXL makes a background or a foreground in two steps (the blend, then the "
+            "layer); the second step's prompt, empty for the prompt above",
+        ),
+    )
+    second_negative_prompt: str = field(
+        default="",
+        metadata=_spec("Step 2 negative", "The second step's negative prompt, empty for the same"),
+    )
+    second_sampler: str = field(
+        default="",
+        metadata=_spec(
+            "Step 2 sampler",
+            "The second step's sampler; Default is the original recipe's UniPC",
+            choices=("", *_SAMPLERS),
+        ),
+    )
+    second_stop_at: str = field(
+        default="",
+        metadata=_spec(
+            "Step 2 Stop At",
+            "The share of the second step that uses the layer model; Default is the "
+            "original recipe's: 50 % for a background, 100 % for a foreground",
+            choices=("", "0", "0.25", "0.5", "0.75", "1"),
+        ),
+    )
     foreground_prompt: str = field(
         default="", metadata=_spec("Foreground prompt", "Added to the prompt for the foreground")
     )
@@ -209,6 +239,11 @@ def describe(name: str) -> tuple[str, str]:
     """The label and help text of a setting."""
     metadata = _FIELDS[name].metadata
     return metadata["label"], metadata["help"]
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a choice setting takes."""
+    return _FIELDS[name].metadata["choices"]
 
 
 def tooltip(name: str) -> str:

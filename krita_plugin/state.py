@@ -125,10 +125,11 @@ class Message:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a running generation is: steps over all its jobs, and the time left.
+    """Where a running generation is: its sampler steps, and the time left.
 
     Attributes:
-        step / total: sampler steps done and to do, over every job of the recipe.
+        step / total: sampler steps done and to do (as the backend counts them: both
+            steps of an SDXL one-click workflow).
         seconds_left: estimated from the time per step so far (None before a step).
     """
 
@@ -196,6 +197,11 @@ def layer_name(prompt: str, role: protocol.LayerRole, seed: int) -> str:
     return f"{role.value} · seed {seed} · {text or 'LayerDiffuse'}"
 
 
+SECOND_STEP_SETTINGS = (
+    "second_prompt", "second_negative_prompt", "second_sampler", "second_stop_at",
+)  # fmt: skip
+"""The settings of the second step of SDXL's two-step layer workflows."""
+
 LAYER_PROMPT_SETTINGS = {
     protocol.LayerRole.FOREGROUND: "foreground_prompt",
     protocol.LayerRole.BACKGROUND: "background_prompt",
@@ -224,13 +230,14 @@ def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> 
             with_blended = recipe_for(action, each, insert_blended=True)
         except MethodUnavailable:
             continue
+        if plain.method in protocol.SECOND_STEP_METHODS:
+            names.update(SECOND_STEP_SETTINGS)
         if each is protocol.ModelFamily.SDXL:
             names.add("weight")
             if action is Action.TRANSPARENT_LAYER:
                 names.add("sdxl_transparent_model")
-        for method in plain.steps:
-            spec = protocol.METHOD_SPECS[method]
-            names.update(LAYER_PROMPT_SETTINGS[role] for role in spec.layer_prompts)
+        spec = protocol.METHOD_SPECS[plain.method]
+        names.update(LAYER_PROMPT_SETTINGS[role] for role in spec.layer_prompts)
         if len(with_blended.outputs) > len(plain.outputs):
             names.add("insert_blended")
     return frozenset(names)
@@ -422,7 +429,7 @@ class DockerState:
         seed = random.randrange(0, 2**31) if settings.random_seed else settings.seed
         self._job = _RunningJob(action, self.clock())
         self.running = True
-        self.progress = Progress(0, settings.steps * len(recipe.steps))
+        self.progress = Progress(0, settings.steps)
         self.preview = None
         self._emit("running", "progress", "preview")
         self._say(f"{action.label}: generating…", False)
@@ -455,34 +462,26 @@ class DockerState:
             layers: dict[protocol.LayerRole, Buffer] = {}
             if recipe.captured_role is not None and capture.pixels is not None:
                 layers[recipe.captured_role] = capture.pixels
-            produced: dict[protocol.LayerRole, Buffer] = {}
-            result_seed = seed
-            for index, method in enumerate(recipe.steps):
-                if job.cancelled:
-                    raise JobCancelled()
-                job.job_id = new_job_id()
-                submit, images = _submit(job.job_id, method, settings, seed, capture.region, layers)
+            if job.cancelled:
+                raise JobCancelled()
+            job.job_id = new_job_id()
+            submit, images = _submit(
+                job.job_id, recipe.method, settings, seed, capture.region, layers
+            )
 
-                def on_progress(
-                    step: int,
-                    total: int,
-                    preview: tuple[int, int, bytes] | None,
-                    index: int = index,
-                ) -> None:
-                    self._on_progress(job, index, len(recipe.steps), step, total, preview)
+            def on_progress(step: int, total: int, preview: tuple[int, int, bytes] | None) -> None:
+                self._on_progress(job, step, total, preview)
 
-                results = await self.client.run_job(submit, images, on_progress)
-                if job.cancelled:
-                    raise JobCancelled()
-                result = _first(results)
-                layers.update(result.layers)
-                produced.update(result.layers)
-                result_seed = result.seed
+            results = await self.client.run_job(submit, images, on_progress)
+            if job.cancelled:
+                raise JobCancelled()
+            result = _first(results)
+            result_seed = result.seed
             new_layers = [
                 NewLayer(
                     layer_name(settings.prompt, output.role, result_seed),
                     output.placement,
-                    produced[output.role],
+                    result.layers[output.role],
                     output.visible,
                 )
                 for output in recipe.outputs
@@ -567,16 +566,13 @@ class DockerState:
     def _on_progress(
         self,
         job: _RunningJob,
-        index: int,
-        steps: int,
         step: int,
         total: int,
         preview: tuple[int, int, bytes] | None,
     ) -> None:
-        done, all_steps = index * total + step, steps * total
         elapsed = self.clock() - job.started
-        left = elapsed * (all_steps - done) / done if done else None
-        self.progress = Progress(done, all_steps, left)
+        left = elapsed * (total - step) / step if step else None
+        self.progress = Progress(step, total, left)
         self.changed.emit("progress")
         if preview is not None:
             self.preview = preview
@@ -640,6 +636,7 @@ def _submit(
         sampler=protocol.Sampler(settings.sampler),
         weight=settings.weight,
         ending_step=settings.stop_at,
+        **_second_step(method, settings),
     )
     inputs = []
     images = {}
@@ -657,6 +654,21 @@ def _submit(
         previews=True,
     )
     return submit, images
+
+
+def _second_step(method: protocol.Method, settings: Settings) -> dict[str, Any]:
+    """The second step's fields of a two-step workflow; empty ones are left to the
+    backend (its defaults are the original recipe's)."""
+    if method not in protocol.SECOND_STEP_METHODS:
+        return {}
+    return {
+        "second_prompt": settings.second_prompt.strip() or None,
+        "second_negative_prompt": settings.second_negative_prompt.strip() or None,
+        "second_sampler": protocol.Sampler(settings.second_sampler)
+        if settings.second_sampler
+        else None,
+        "second_ending_step": float(settings.second_stop_at) if settings.second_stop_at else None,
+    }
 
 
 def _first(results: list[JobResult]) -> JobResult:

@@ -43,7 +43,7 @@ from ..qt import (
     QWidget,
 )
 from ..recipes import SDXL_TRANSPARENT_MODELS, Action
-from ..settings import FAMILY_AUTO, describe, shown_range, shown_times, tooltip, unit
+from ..settings import FAMILY_AUTO, choices, describe, shown_range, shown_times, tooltip, unit
 from ..state import DockerState
 from ..vendor import protocol
 from .widgets import (
@@ -76,6 +76,14 @@ _SDXL_TRANSPARENT_CHOICES = tuple(
     (method.value, "Attention" if method.value.endswith("attn") else "Conv")
     for method in SDXL_TRANSPARENT_MODELS
 )
+_SECOND_SAMPLERS = (
+    ("", "Default (UniPC)"),
+    *((sampler.value, sampler.label) for sampler in protocol.Sampler),
+)
+_SECOND_STOP_AT = tuple(
+    (value, f"{float(value) * 100:.0f} %" if value else "Default")
+    for value in choices("second_stop_at")
+)
 _STATUS_COLOURS = {
     ConnectionState.CONNECTED: "#3a9a3a",
     ConnectionState.CONNECTING: "#c89a1a",
@@ -85,7 +93,8 @@ _STATUS_COLOURS = {
 _GENERATION_SETTINGS = (
     "negative_prompt", "family", "steps", "cfg_scale", "seed", "sampler",
     "sdxl_transparent_model", "weight", "stop_at", "foreground_prompt", "background_prompt",
-    "blended_prompt", "insert_blended", "fit_to_native",
+    "blended_prompt", "second_prompt", "second_negative_prompt", "second_sampler",
+    "second_stop_at", "insert_blended", "fit_to_native",
 )  # fmt: skip
 _ALWAYS_SHOWN = {"family"}
 
@@ -240,6 +249,12 @@ class DockerPanel(QWidget):
         self._add_row("stop_at", self._double("stop_at", step=5, decimals=0), form)
         for name in ("foreground_prompt", "background_prompt", "blended_prompt"):
             self._add_row(name, self._line(name, typing=True), form)
+        self._add_row("second_prompt", self._line("second_prompt", typing=True), form)
+        self._add_row(
+            "second_negative_prompt", self._line("second_negative_prompt", typing=True), form
+        )
+        self._add_row("second_sampler", self._combo("second_sampler", _SECOND_SAMPLERS), form)
+        self._add_row("second_stop_at", self._combo("second_stop_at", _SECOND_STOP_AT), form)
         self.insert_blended = self._check("insert_blended", settings.content)
         self.fit_to_native = self._check("fit_to_native", settings.content)
         form.add_wide(self.insert_blended)

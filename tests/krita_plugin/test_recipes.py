@@ -15,49 +15,44 @@ SD15, SDXL = ModelFamily.SD15, ModelFamily.SDXL
 
 
 @pytest.mark.parametrize(
-    ("action", "family", "source", "steps", "outputs"),
+    ("action", "family", "source", "method", "outputs"),
     [
-        (Action.TRANSPARENT_LAYER, SD15, InputSource.NOTHING, ("sd15_transparent",),
+        (Action.TRANSPARENT_LAYER, SD15, InputSource.NOTHING, "sd15_transparent", [(FG, ABOVE)]),
+        (Action.TRANSPARENT_LAYER, SDXL, InputSource.NOTHING, "sdxl_transparent_attn",
          [(FG, ABOVE)]),
-        (Action.TRANSPARENT_LAYER, SDXL, InputSource.NOTHING, ("sdxl_transparent_attn",),
-         [(FG, ABOVE)]),
-        (Action.BACKGROUND, SD15, InputSource.ACTIVE_LAYER, ("sd15_fg2bg",), [(BG, BELOW)]),
-        (Action.BACKGROUND, SDXL, InputSource.ACTIVE_LAYER, ("sdxl_fg2ble", "sdxl_fgble2bg"),
-         [(BG, BELOW)]),
-        (Action.FOREGROUND, SD15, InputSource.SCENE, ("sd15_bg2fg",), [(FG, ABOVE)]),
-        (Action.FOREGROUND, SDXL, InputSource.SCENE, ("sdxl_bg2ble", "sdxl_bgble2fg"),
-         [(FG, ABOVE)]),
-        (Action.TOGETHER, SD15, InputSource.NOTHING, ("sd15_joint",), [(BG, ABOVE), (FG, ABOVE)]),
+        (Action.BACKGROUND, SD15, InputSource.ACTIVE_LAYER, "sd15_fg2bg", [(BG, BELOW)]),
+        # SDXL: the one-click workflows (blend, then the layer, in one job)
+        (Action.BACKGROUND, SDXL, InputSource.ACTIVE_LAYER, "sdxl_fg2bg", [(BG, BELOW)]),
+        (Action.FOREGROUND, SD15, InputSource.SCENE, "sd15_bg2fg", [(FG, ABOVE)]),
+        (Action.FOREGROUND, SDXL, InputSource.SCENE, "sdxl_bg2fg", [(FG, ABOVE)]),
+        (Action.TOGETHER, SD15, InputSource.NOTHING, "sd15_joint", [(BG, ABOVE), (FG, ABOVE)]),
     ],
 )  # fmt: skip
 def test_recipes(
     action: Action,
     family: ModelFamily,
     source: InputSource,
-    steps: tuple[str, ...],
+    method: str,
     outputs: list[tuple[LayerRole, Placement]],
 ) -> None:
     recipe = recipe_for(action, family)
     assert recipe.source is source
-    assert tuple(method.value for method in recipe.steps) == steps
+    assert recipe.method.value == method
     assert [(output.role, output.placement) for output in recipe.outputs] == outputs
     assert all(output.visible for output in recipe.outputs)
-    assert all(METHOD_SPECS[method].family is family for method in recipe.steps)
+    assert METHOD_SPECS[recipe.method].family is family
 
 
-def test_each_steps_inputs_are_the_capture_or_earlier_outputs() -> None:
+def test_a_recipes_inputs_are_the_capture_and_its_outputs_the_methods() -> None:
     for action in Action:
         for family in ModelFamily:
             try:
                 recipe = recipe_for(action, family, insert_blended=True)
             except MethodUnavailable:
                 continue
-            available = {recipe.captured_role} - {None}
-            for method in recipe.steps:
-                spec = METHOD_SPECS[method]
-                assert set(spec.required_inputs) <= available, (action, method)
-                available |= set(spec.outputs)
-            assert {output.role for output in recipe.outputs} <= available
+            spec = METHOD_SPECS[recipe.method]
+            assert set(spec.required_inputs) <= {recipe.captured_role} - {None}, action
+            assert {output.role for output in recipe.outputs} <= set(spec.outputs)
 
 
 @pytest.mark.parametrize(
@@ -86,9 +81,9 @@ def test_a_method_the_backend_does_not_offer_is_named() -> None:
     with pytest.raises(MethodUnavailable) as caught:
         recipe.check_offered((Method.SD15_TRANSPARENT, Method.SD15_FG_TO_BG))
     assert str(caught.value) == (
-        "The backend does not offer sdxl_fg2ble, sdxl_fgble2bg, which “Background for the "
-        "active layer” needs with SDXL (it offers: sd15_transparent, sd15_fg2bg). Start it "
-        "with an SDXL model, or pick the other model family."
+        "The backend does not offer sdxl_fg2bg, which “Background for the active layer” "
+        "needs with SDXL (it offers: sd15_transparent, sd15_fg2bg). Start it with an SDXL "
+        "model, or pick the other model family."
     )
     recipe_for(Action.BACKGROUND, SD15).check_offered((Method.SD15_FG_TO_BG,))
 
@@ -111,9 +106,9 @@ def test_krita_actions_cover_the_three_actions_and_cancel() -> None:
 
 def test_the_sdxl_transparent_layer_runs_attention_or_conv_as_chosen() -> None:
     conv = recipe_for(Action.TRANSPARENT_LAYER, SDXL, sdxl_transparent=Method.SDXL_TRANSPARENT_CONV)
-    assert conv.steps == (Method.SDXL_TRANSPARENT_CONV,)
+    assert conv.method is Method.SDXL_TRANSPARENT_CONV
     # SD1.5 has one transparent model; the choice does not apply there.
     sd15 = recipe_for(Action.TRANSPARENT_LAYER, SD15, sdxl_transparent=Method.SDXL_TRANSPARENT_CONV)
-    assert sd15.steps == (Method.SD15_TRANSPARENT,)
+    assert sd15.method is Method.SD15_TRANSPARENT
     with pytest.raises(ValueError, match="not an SDXL transparent method"):
         recipe_for(Action.TRANSPARENT_LAYER, SDXL, sdxl_transparent=Method.SDXL_FG_TO_BLEND)

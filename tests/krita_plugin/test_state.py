@@ -414,37 +414,65 @@ class RecordingBackend:
 
 
 @pytest.mark.parametrize(
-    ("action", "methods", "captured", "role", "placement"),
+    ("action", "method", "captured", "role", "placement"),
     [
-        (Action.BACKGROUND, ["sdxl_fg2ble", "sdxl_fgble2bg"], LayerRole.FOREGROUND,
-         "background", Placement.BELOW),
-        (Action.FOREGROUND, ["sdxl_bg2ble", "sdxl_bgble2fg"], LayerRole.BACKGROUND,
-         "foreground", Placement.ABOVE),
+        (Action.BACKGROUND, "sdxl_fg2bg", LayerRole.FOREGROUND, "background", Placement.BELOW),
+        (Action.FOREGROUND, "sdxl_bg2fg", LayerRole.BACKGROUND, "foreground", Placement.ABOVE),
     ],
 )  # fmt: skip
-def test_sdxl_layer_actions_chain_two_methods(
-    action: Action, methods: list[str], captured: LayerRole, role: str, placement: Placement
+def test_sdxl_layer_actions_run_the_two_step_workflow_with_its_second_step(
+    action: Action, method: str, captured: LayerRole, role: str, placement: Placement
 ) -> None:
+    """One job of the backend's one-click workflow; the second step's settings travel
+    only when the painter set them (the backend's defaults are the original recipe's)."""
+
     async def scenario() -> None:
         backend = RecordingBackend()
         canvas = FakeCanvas()
         state = new_state(backend, canvas)
         await state.generate(action)
-        first, second = backend.submits
-        assert [s.request.method.value for s, _ in backend.submits] == methods
-        assert [layer.role for layer in first[0].inputs] == [captured]
-        assert first[1][first[0].inputs[0].image.id] == canvas_pixels()
-        submit, images = second
-        roles = {layer.role: images[layer.image.id] for layer in submit.inputs}
-        assert roles[captured] == canvas_pixels()
-        assert roles[LayerRole.BLENDED] == bytes([1]) * (40 * 30 * 4)  # the first step's output
-        assert {s.request.seed for s, _ in backend.submits} == {11}
+        [(submit, images)] = backend.submits
+        assert submit.request.method.value == method
+        assert [layer.role for layer in submit.inputs] == [captured]
+        assert images[submit.inputs[0].image.id] == canvas_pixels()
+        request = submit.request
+        assert (request.second_prompt, request.second_negative_prompt) == (None, None)
+        assert (request.second_sampler, request.second_ending_step) == (None, None)
         assert [(layer.name, layer.placement) for layer in canvas.inserted] == [
             (f"{role} · seed 11 · a glass cup", placement)
         ]
-        assert canvas.inserted[0].pixels == bytes([2]) * (40 * 30 * 4)
+        assert canvas.inserted[0].pixels == bytes([1]) * (40 * 30 * 4)
+        state.update_settings(
+            second_prompt="room, high quality", second_sampler="euler_a", second_stop_at="0.5"
+        )
+        await state.generate(action)
+        request = backend.submits[-1][0].request
+        assert request.second_prompt == "room, high quality"
+        assert request.second_negative_prompt is None  # empty: the same as step 1
+        assert (request.second_sampler, request.second_ending_step) == (Sampler.EULER_A, 0.5)
+        # An SD1.5 method has no second step: nothing of it is sent.
+        assert recipe_fields_of_sd15() == (None, None, None, None)
 
     run(scenario)
+
+
+def recipe_fields_of_sd15() -> tuple[Any, ...]:
+    request = _submit_of(Method.SD15_FG_TO_BG).request
+    return (
+        request.second_prompt,
+        request.second_negative_prompt,
+        request.second_sampler,
+        request.second_ending_step,
+    )
+
+
+def _submit_of(method: Method) -> Submit:
+    from krita_plugin.settings import Settings
+    from krita_plugin.state import _submit
+
+    settings = Settings(second_prompt="x", second_sampler="unipc", second_stop_at="1")
+    layers = {LayerRole.FOREGROUND: canvas_pixels()}
+    return _submit("job", method, settings, 1, REGION, layers)[0]
 
 
 def canvas_pixels() -> bytes:
@@ -460,7 +488,7 @@ def test_layer_names_start_with_role_and_seed_then_the_prompt() -> None:
 
 
 class SteppingBackend(RecordingBackend):
-    """The recording backend, reporting three steps per job while a fake clock ticks."""
+    """The recording backend, reporting six steps per job while a fake clock ticks."""
 
     def __init__(self, clock: list[float]) -> None:
         super().__init__()
@@ -470,14 +498,14 @@ class SteppingBackend(RecordingBackend):
     async def run_job(
         self, submit: Submit, images: dict[str, bytes], on_progress: Any = None
     ) -> list[JobResult]:
-        for step in (1, 2, 3):
+        for step in range(1, 7):  # the one-click workflow counts both steps' three
             self.clock[0] += 2.0  # two seconds per step
-            on_progress(step, 3, None)
+            on_progress(step, 6, None)
             self.seen.append(self.state_under_test.progress)  # type: ignore[attr-defined]
         return await super().run_job(submit, images, on_progress)
 
 
-def test_progress_counts_the_steps_of_every_job_and_the_time_left() -> None:
+def test_progress_counts_the_backends_steps_and_the_time_left() -> None:
     async def scenario() -> None:
         clock = [100.0]
         backend = SteppingBackend(clock)
@@ -489,9 +517,9 @@ def test_progress_counts_the_steps_of_every_job_and_the_time_left() -> None:
             clock=lambda: clock[0],
         )
         backend.state_under_test = state  # type: ignore[attr-defined]
-        task = state.generate(Action.BACKGROUND)  # SDXL: two jobs of three steps
-        assert state.progress == Progress(0, 6)
-        assert state.progress.text == "Step 0/6"
+        task = state.generate(Action.BACKGROUND)  # SDXL: two steps of three in one job
+        assert state.progress == Progress(0, 3)  # (until the backend says how many)
+        assert state.progress.text == "Step 0/3"
         await task
         assert [(p.step, p.total) for p in backend.seen] == [(i, 6) for i in range(1, 7)]
         assert [p.seconds_left for p in backend.seen] == [10.0, 8.0, 6.0, 4.0, 2.0, 0.0]
@@ -517,6 +545,7 @@ def test_the_sdxl_transparent_model_is_the_painters_choice() -> None:
     run(scenario)
 
 
+SECOND_STEP = {"second_prompt", "second_negative_prompt", "second_sampler", "second_stop_at"}
 ALWAYS = {"negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
           "fit_to_native"}  # fmt: skip
 
@@ -528,7 +557,8 @@ ALWAYS = {"negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampl
         (Action.TRANSPARENT_LAYER, ModelFamily.SDXL, {"weight", "sdxl_transparent_model"}),
         (Action.BACKGROUND, ModelFamily.SD15,
          {"background_prompt", "blended_prompt", "insert_blended"}),
-        (Action.BACKGROUND, ModelFamily.SDXL, {"weight", "insert_blended"}),
+        (Action.BACKGROUND, ModelFamily.SDXL, {"weight", "insert_blended", *SECOND_STEP}),
+        (Action.FOREGROUND, ModelFamily.SDXL, {"weight", "insert_blended", *SECOND_STEP}),
         (Action.FOREGROUND, ModelFamily.SD15,
          {"foreground_prompt", "blended_prompt", "insert_blended"}),
         (Action.TOGETHER, ModelFamily.SD15,

@@ -272,8 +272,8 @@ SDXL_GROUPS = {
     "actions": "the four actions exist, in Tools ▸ Scripts, with the .action file's texts",
     "family": "SD1.5 (from kritarc) is refused with a sentence; SDXL is picked in the docker",
     "layer": "generate_layer inserts one transparent layer above the active one",
-    "background": "generate_background (two chained jobs) inserts one opaque layer below",
-    "foreground": "generate_foreground (two chained jobs) inserts one layer above",
+    "background": "generate_background (the two-step sdxl_fg2bg) inserts one opaque layer below",
+    "foreground": "generate_foreground (the two-step sdxl_bg2fg) inserts one layer above",
     "together": "the docker's together method explains it needs SD1.5 and inserts nothing",
     "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
     "settings": "the Settings section shows the SDXL weight and transparent model choice",
@@ -281,10 +281,8 @@ SDXL_GROUPS = {
 SDXL_JOBS = [
     # method, size, inputs: what the plugin sent, in order (its log)
     ("sdxl_transparent_attn", "160x120", 0),
-    ("sdxl_fg2ble", "64x48", 1),  # the selection's bounds; the user's layer
-    ("sdxl_fgble2bg", "64x48", 2),  # … and the first job's blended image
-    ("sdxl_bg2ble", "160x120", 1),  # the scene
-    ("sdxl_bgble2fg", "160x120", 2),
+    ("sdxl_fg2bg", "64x48", 1),  # the selection's bounds; the user's layer
+    ("sdxl_bg2fg", "160x120", 1),  # the scene
 ]
 JOB_LINE = re.compile(r"job (\S+): (\w+), (\d+x\d+), (\d+) input\(s\)")
 
@@ -313,9 +311,9 @@ def test_sdxl_checks_in_krita(krita_sdxl_run: dict[str, Any], group: str) -> Non
 
 
 def test_sdxl_the_actions_ran_the_sdxl_methods(krita_sdxl_run: dict[str, Any]) -> None:
-    """The plugin sent exactly the SDXL recipes' jobs (chains of two for background and
-    foreground, each second job with the first one's blended image), all completed; the
-    refused SD1.5 attempt and "together" sent nothing."""
+    """The plugin sent exactly the SDXL recipes' jobs (the backend's two-step workflows for
+    background and foreground), all completed; the refused SD1.5 attempt and "together"
+    sent nothing."""
     log = krita_sdxl_run["plugin_log_full"]
     jobs = JOB_LINE.findall(log)
     assert [(method, size, int(inputs)) for _, method, size, inputs in jobs] == SDXL_JOBS, log

@@ -872,11 +872,11 @@ def scenario_sdxl(run):
     layer = yield from scene.transparent_layer()
     layer_name = layer.name()
 
-    # 2. A background for the user's layer in a selection (sdxl_fg2ble, then
-    # sdxl_fgble2bg on its blended image): one layer directly below it, inside it.
+    # 2. A background for the user's layer in a selection (sdxl_fg2bg: the blend, then
+    # the background, in one job): one layer directly below it, inside it.
     background_layer = yield from scene.background_in_selection(layer_name)
     background_id = uid(background_layer)
-    # Two jobs, one layer, one undo step.
+    # Two steps, one layer, one undo step.
     app.action("edit_undo").trigger()
     yield Wait("undo", lambda: background_id not in ids(document), 10.0)
     run.check(
@@ -888,8 +888,8 @@ def scenario_sdxl(run):
     yield Wait("redo", lambda: background_id in ids(document), 10.0)
     yield from scene.deselect()
 
-    # 3. A foreground into the scene (sdxl_bg2ble, then sdxl_bgble2fg): directly above
-    # the active layer.
+    # 3. A foreground into the scene (sdxl_bg2fg: the blend, then the foreground):
+    # directly above the active layer.
     yield from scene.foreground_into_scene(background_layer.name(), layer_name)
 
     # 4. "Together" has no SDXL method: the docker says so and inserts nothing.
