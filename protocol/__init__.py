@@ -75,6 +75,7 @@ from .messages import (
 )
 from .methods import (
     METHOD_SPECS,
+    Hires,
     LayerRole,
     Method,
     MethodSpec,
@@ -91,6 +92,7 @@ from .parameters import (
     SECOND_STEP_METHODS,
     ParameterSpec,
     check_input_roles,
+    check_mask_size,
     check_parameters,
     parameter_table,
 )
@@ -131,6 +133,7 @@ __all__ = [
     "GenerationParameters",
     "Hello",
     "HelloReceived",
+    "Hires",
     "ImageAssembler",
     "ImageRef",
     "InternalError",
@@ -175,6 +178,7 @@ __all__ = [
     "allocate_image_buffer",
     "check_compatible",
     "check_input_roles",
+    "check_mask_size",
     "check_parameters",
     "decode_message",
     "encode_message",

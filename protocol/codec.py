@@ -59,7 +59,7 @@ from .messages import (
     Submit,
     Welcome,
 )
-from .methods import LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
+from .methods import Hires, LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
 from .version import check_compatible, is_newer_minor
 
 __all__ = ["MESSAGE_TYPES", "decode_message", "encode_message"]
@@ -215,6 +215,10 @@ def _check_message(message: Message) -> None:
             raise InvalidField(f"error: a {message.status.value} job carries no error")
     elif isinstance(message, Progress) and message.step > message.total:
         raise InvalidField(f"step: {message.step} exceeds total {message.total}")
+    elif isinstance(message, Result):
+        for index, layer in enumerate(message.layers):
+            if layer.role is LayerRole.MASK:
+                raise InvalidField(f"layers[{index}].role: a mask is an input, never a result")
 
 
 # -- objects -------------------------------------------------------------------------
@@ -450,6 +454,8 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "second_negative_prompt": _optional(_text),
         "second_sampler": _optional(_enum(Sampler)),
         "second_ending_step": _optional(_read_float),
+        "hires": _enum(Hires),
+        "hires_strength": _read_float,
     },
     Hello: {"protocol": _read_version, "client": _name, "session": _optional(_name)},
     Welcome: {

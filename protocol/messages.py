@@ -15,7 +15,7 @@ from typing import ClassVar
 from .errors import ErrorCode, LimitExceeded, ProtocolError
 from .images import ImageRef, PixelFormat
 from .limits import Limits
-from .methods import LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
+from .methods import Hires, LayerRole, Method, ModelFamily, NoiseSource, ResizeMode, Sampler
 
 __all__ = [
     "MAX_JOB_ID_CHARS",
@@ -78,6 +78,9 @@ class GenerationParameters:
         second_prompt / second_negative_prompt / second_sampler / second_ending_step:
             step 2 of the one-click SDXL workflows (`sdxl_fg2bg`, `sdxl_bg2fg`); None
             takes the workflow's default (since 1.1).
+        hires: whether a request larger than the native area gets a second pass at its
+            size (since 1.1).
+        hires_strength: how much of the first pass the second re-noises (since 1.1).
     """
 
     method: Method
@@ -102,6 +105,8 @@ class GenerationParameters:
     second_negative_prompt: str | None = None
     second_sampler: Sampler | None = None
     second_ending_step: float | None = None
+    hires: Hires = Hires.AUTO
+    hires_strength: float = 0.5
 
     def check_limits(self, limits: Limits) -> None:
         """Check the parameters the limits bound: steps, result count, result size.

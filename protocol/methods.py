@@ -19,11 +19,33 @@ class ModelFamily(str, Enum):
 
 
 class LayerRole(str, Enum):
-    """What a layer is, going in or coming out."""
+    """What a layer is, going in or coming out.
+
+    `MASK` (since 1.1) is an input only, and every method takes it: an image of the
+    request's size whose alpha channel is the selection (its colour is ignored). It is
+    never an output and has no layer prompt.
+    """
 
     FOREGROUND = "foreground"
     BACKGROUND = "background"
     BLENDED = "blended"
+    MASK = "mask"
+
+
+class Hires(str, Enum):
+    """Whether a request larger than the model's native area gets a second pass (since 1.1).
+
+    The first pass runs near the native area, the second at the request's size as an
+    img2img of the first (through the transparent encoder and decoder for a layer with
+    alpha), so the layer is sharp at the canvas's resolution.
+    """
+
+    AUTO = "auto"
+    """On when the request's area exceeds the native area by more than 20 %."""
+    ON = "on"
+    """On whenever the request's area exceeds the native area."""
+    OFF = "off"
+    """One pass at the generation size (what 1.0 did)."""
 
 
 class Method(str, Enum):
@@ -110,8 +132,9 @@ class MethodSpec:
         required_inputs: layers the caller must send.
         optional_inputs: layers the caller may send: a foreground input of a method
             whose output has alpha is the source of a transparent img2img (the original
-            allows img2img with the transparent encoder for exactly these methods).
-        outputs: the layers one result consists of.
+            allows img2img with the transparent encoder for exactly these methods); a
+            mask, every method.
+        outputs: the layers one result consists of (never a mask).
         layer_prompts: which per-layer prompts the method reads.
     """
 
@@ -125,6 +148,7 @@ class MethodSpec:
 
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+_MASK = LayerRole.MASK
 
 METHOD_SPECS: dict[Method, MethodSpec] = {
     Method.SD15_TRANSPARENT: MethodSpec(
@@ -132,7 +156,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) Only Generate Transparent Image (Attention Injection)",
         frames=1,
         required_inputs=(),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG,),
     ),
     Method.SD15_JOINT: MethodSpec(
@@ -140,7 +164,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) Generate Everything Together (need batch size 3)",
         frames=3,
         required_inputs=(),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG, _BG, _BLEND),
         layer_prompts=(_FG, _BG, _BLEND),
     ),
@@ -149,7 +173,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) From Foreground to Background (need batch size 2)",
         frames=2,
         required_inputs=(_FG,),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_BG, _BLEND),
         layer_prompts=(_BG, _BLEND),
     ),
@@ -158,7 +182,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SD1.5) From Background to Foreground (need batch size 2)",
         frames=2,
         required_inputs=(_BG,),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG, _BLEND),
         layer_prompts=(_FG, _BLEND),
     ),
@@ -167,7 +191,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) Only Generate Transparent Image (Attention Injection)",
         frames=1,
         required_inputs=(),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG,),
     ),
     Method.SDXL_TRANSPARENT_CONV: MethodSpec(
@@ -175,7 +199,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) Only Generate Transparent Image (Conv Injection)",
         frames=1,
         required_inputs=(),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG,),
     ),
     Method.SDXL_FG_TO_BLEND: MethodSpec(
@@ -183,7 +207,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Foreground to Blending",
         frames=1,
         required_inputs=(_FG,),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_BLEND,),
     ),
     Method.SDXL_FG_BLEND_TO_BG: MethodSpec(
@@ -191,7 +215,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Foreground and Blending to Background",
         frames=1,
         required_inputs=(_FG, _BLEND),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_BG,),
     ),
     Method.SDXL_BG_TO_BLEND: MethodSpec(
@@ -199,7 +223,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Background to Blending",
         frames=1,
         required_inputs=(_BG,),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_BLEND,),
     ),
     Method.SDXL_BG_BLEND_TO_FG: MethodSpec(
@@ -207,7 +231,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Background and Blending to Foreground",
         frames=1,
         required_inputs=(_BG, _BLEND),
-        optional_inputs=(_FG,),
+        optional_inputs=(_FG, _MASK),
         outputs=(_FG,),
     ),
     # One click: foreground → blending → background, and background → blending → foreground.
@@ -216,7 +240,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Foreground to Background (Blending, then Background)",
         frames=1,
         required_inputs=(_FG,),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_BG, _BLEND),
     ),
     Method.SDXL_BG_TO_FG: MethodSpec(
@@ -224,7 +248,7 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         "(SDXL) From Background to Foreground (Blending, then Foreground)",
         frames=1,
         required_inputs=(_BG,),
-        optional_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_FG, _BLEND),
     ),
 }

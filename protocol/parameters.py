@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .errors import InvalidParameter
 from .messages import MAX_TEXT_CHARS, GenerationParameters
-from .methods import METHOD_SPECS, LayerRole, Method, NoiseSource, ResizeMode, Sampler
+from .methods import METHOD_SPECS, Hires, LayerRole, Method, NoiseSource, ResizeMode, Sampler
 
 __all__ = [
     "MAX_INPUT_SIDE",
@@ -31,6 +31,7 @@ __all__ = [
     "SECOND_STEP_METHODS",
     "ParameterSpec",
     "check_input_roles",
+    "check_mask_size",
     "check_parameters",
     "parameter_table",
 ]
@@ -192,6 +193,17 @@ _SPECS: dict[str, dict[str, Any]] = {
         0.0,
         1.0,
     ),
+    "hires": _choice(
+        "a second pass at width × height for a request larger than the model's native area "
+        "(the first pass runs near it): auto, above 1.2 × the native area; on, above it; off, "
+        "one pass",
+        Hires,
+    ),
+    "hires_strength": _number(
+        "the second pass's denoising strength: how much of the first pass it re-noises",
+        0.0,
+        1.0,
+    ),
 }
 
 SECOND_STEP_FIELDS = (
@@ -281,6 +293,26 @@ def check_input_roles(
         if role not in spec.required_inputs and role not in spec.optional_inputs:
             reason = f"{method.value} takes no {role.value} layer"
             raise InvalidParameter("inputs", reason, shown_as=label(f"inputs.{role.value}"))
+
+
+def check_mask_size(parameters: Any, width: int, height: int, label: Label = _wire_name) -> None:
+    """Check that a mask input is at the request's size (it is not fitted: it is the
+    selection of the very pixels the results cover).
+
+    Args:
+        parameters: a `GenerationParameters`, or anything with its `width` and `height`.
+        width / height: the mask image's size.
+        label: how a message names the input (its path is `inputs.mask`).
+
+    Raises:
+        InvalidParameter: `inputs: the mask is 100x80, the request 512x512`.
+    """
+    if (width, height) != (parameters.width, parameters.height):
+        reason = (
+            f"the mask is {width}x{height}, the request {parameters.width}x{parameters.height}"
+            " (a mask is sent at the request's size)"
+        )
+        raise InvalidParameter("inputs", reason, shown_as=label("inputs.mask"))
 
 
 def parameter_table() -> str:

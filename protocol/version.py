@@ -15,8 +15,11 @@ __all__ = ["PROTOCOL_VERSION", "check_compatible", "is_newer_minor"]
 PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 """The version this package speaks, `(major, minor)`.
 
-1.1 added the optional request fields `noise_source` and `second_*`; a 1.0 peer leaves
-them out (their defaults apply) or, talking to a 1.1 one, ignores them."""
+1.1 added the optional request fields `noise_source`, `second_*`, `hires` and
+`hires_strength`; a 1.0 peer leaves them out (their defaults apply) or, talking to a 1.1
+one, ignores them. 1.1 also added the input role `mask`, which a 1.0 server refuses
+(`invalid_field`): a client sends a mask only to a server whose `welcome` says 1.1 or
+later."""
 
 
 def check_compatible(peer: tuple[int, int]) -> None:

@@ -10,6 +10,8 @@ import numpy as np
 
 from protocol import (
     MAX_INPUT_SIDE,
+    METHOD_SPECS,
+    Hires,
     InvalidParameter,
     LayerRole,
     Method,
@@ -17,6 +19,7 @@ from protocol import (
     ResizeMode,
     Sampler,
     check_input_roles,
+    check_mask_size,
     check_parameters,
 )
 
@@ -36,7 +39,8 @@ class GenerationRequest:
         prompt / negative_prompt: the main prompts.
         layer_prompts: extra per-layer prompts; each non-empty one becomes
             "<layer prompt>, <prompt>" for that layer's frame (SD1.5 multi-frame methods).
-        inputs: input layers by role (condition images, or the img2img source).
+        inputs: input layers by role (condition images, the img2img source, and the
+            mask: an image at the request's size whose alpha is the selection).
         width / height: the size results are returned at.
         fit_to_native: generate near the model's native area (for big canvases)
             instead of at the requested size rounded to multiples of 64.
@@ -51,6 +55,11 @@ class GenerationRequest:
         second_prompt / second_negative_prompt / second_sampler / second_ending_step:
             step 2 of the one-click SDXL workflows; None takes the workflow's default
             (`sdxl_blending`).
+        hires / hires_strength: the second pass at the request's size (`hires`).
+        refine: not on the wire: the layers of a first pass, by output role, at the
+            request's size, that this run reworks (the second pass): each output starts
+            from its own layer re-noised by `denoise_strength`, instead of from noise or
+            the foreground input.
     """
 
     method: Method
@@ -76,6 +85,9 @@ class GenerationRequest:
     second_negative_prompt: str | None = None
     second_sampler: Sampler | None = None
     second_ending_step: float | None = None
+    hires: Hires = Hires.AUTO
+    hires_strength: float = 0.5
+    refine: dict[LayerRole, np.ndarray] = field(default_factory=dict)
 
     @property
     def image_count(self) -> int:
@@ -94,6 +106,20 @@ class GenerationRequest:
             raise InvalidRequest(error.field, error.reason) from None
         for role, image in self.inputs.items():
             _check_image(f"inputs.{role.value}", image)
+        mask = self.inputs.get(LayerRole.MASK)
+        if mask is not None:
+            try:
+                check_mask_size(self, mask.shape[1], mask.shape[0])
+            except InvalidParameter as error:
+                raise InvalidRequest("inputs.mask", error.reason) from None
+        outputs = METHOD_SPECS[self.method].outputs
+        for role, image in self.refine.items():
+            if role not in outputs:
+                raise InvalidRequest("refine", f"{self.method.value} makes no {role.value} layer")
+            if image.shape != (self.height, self.width, 4) or image.dtype != np.uint8:
+                raise InvalidRequest(
+                    "refine", f"expected ({self.height}, {self.width}, 4) uint8, got {image.shape}"
+                )
 
 
 @dataclass

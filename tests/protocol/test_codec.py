@@ -171,7 +171,8 @@ def test_encoding_is_compact_and_complete() -> None:
 
 
 def test_generation_parameters_mirror_the_backend_request() -> None:
-    """Same fields, order and defaults as backend GenerationRequest, minus `inputs`."""
+    """Same fields, order and defaults as backend GenerationRequest, minus `inputs` and
+    the backend-only `refine` (a second pass's starting layers)."""
     from backend.methods.request import GenerationRequest
 
     def shape(cls: type) -> list[tuple[str, Any]]:
@@ -181,7 +182,7 @@ def test_generation_parameters_mirror_the_backend_request() -> None:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
             )
             for f in dataclasses.fields(cls)
-            if f.name != "inputs"
+            if f.name not in ("inputs", "refine")
         ]
 
     assert shape(GenerationParameters) == shape(GenerationRequest)
@@ -395,7 +396,7 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
     (
         submit_with(layer_prompts={"sky": "x"}),
         InvalidField,
-        "request.layer_prompts: expected one of foreground, background, blended, got 'sky'",
+        "request.layer_prompts: expected one of foreground, background, blended, mask, got 'sky'",
         "j1",
     ),
     (

@@ -20,6 +20,7 @@ MODULES = [
 ]
 METHODS = {
     "METHOD_SPECS",
+    "Hires",
     "LayerRole",
     "Method",
     "MethodSpec",

@@ -490,7 +490,7 @@ def test_the_client_checks_the_bytes_it_is_given() -> None:
     small.send_hello()
     small.receive_text(encode_message(make_welcome(Limits(max_text_bytes=600))))
     with pytest.raises(LimitExceeded, match=r"^submit of 602 bytes exceeds the limit of 600$"):
-        small.send_submit(txt2img(prompt="p" * 80), {})
+        small.send_submit(txt2img(prompt="p" * 44), {})
     assert client.unfinished_jobs == frozenset() == small.unfinished_jobs
 
 

@@ -189,10 +189,11 @@ def test_image_count_is_batch_size_times_batch_count() -> None:
 
 
 def test_the_request_has_the_wire_parameters_and_the_pixels() -> None:
-    """The server builds a request from the wire's fields; names and defaults agree."""
+    """The server builds a request from the wire's fields; names and defaults agree. Only
+    the pixels and a second pass's starting layers (`refine`) are the backend's own."""
     wire = {f.name: f for f in fields(GenerationParameters)}
     ours = {f.name: f for f in fields(GenerationRequest)}
-    assert set(ours) == set(wire) | {"inputs"}
+    assert set(ours) == set(wire) | {"inputs", "refine"}
     for name, field in wire.items():
         assert (ours[name].default, ours[name].default_factory) == (
             field.default,
