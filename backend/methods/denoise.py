@@ -21,6 +21,7 @@ from .schedule import plan_schedule
 
 if TYPE_CHECKING:
     from ..model_set import ModelSet
+    from .masking import KeptLatents
     from .request import GenerationRequest
 
 
@@ -97,6 +98,7 @@ def denoise(
     ending_step: float = 1.0,
     added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     layer_context: torch.Tensor | None = None,
+    keep: KeptLatents | None = None,
 ) -> torch.Tensor:
     """Run the sampler.
 
@@ -119,6 +121,9 @@ def denoise(
         layer_context: (B, tokens, hidden) positive rows while the layer model is on (the
             per-layer prompts); after Stop At the positive rows are `context`. The
             negative rows are `uncond_context` throughout.
+        keep: latents kept outside a selection (`masking`): before every UNet call the
+            sample there is `keep.latents` noised with `noise` to that call's timestep
+            (the scheduler's own `add_noise`), and after the last step `keep.latents`.
 
     Returns:
         (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
@@ -153,6 +158,8 @@ def denoise(
 
     total = len(timesteps)
     for index, timestep in enumerate(timesteps):
+        if keep is not None:
+            sample = keep.blend(sample, scheduler.add_noise(keep.latents, noise, timestep[None]))
         layer_model_on = stop_at is None or float(timestep) >= stop_at
         if use_layer_model is not None:
             use_layer_model(layer_model_on)
@@ -167,6 +174,8 @@ def denoise(
             prediction = negative + cfg_scale * (positive - negative)
         sample = scheduler.step(prediction, timestep, sample, **step_kwargs).prev_sample
         on_step(index + 1, total, sample)
+    if keep is not None:
+        sample = keep.blend(sample, keep.latents)
     return sample
 
 
@@ -197,6 +206,7 @@ def sample_passes(
     conditioning: Conditioning,
     use_layer_model: Callable[[bool], None],
     source: torch.Tensor | None = None,
+    keep: KeptLatents | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Run the request's `batch_count` passes of `rows` rows; yield each pass's seeds and latents.
 
@@ -209,9 +219,15 @@ def sample_passes(
         size: (width, height) of the generation.
         conditioning: contexts (and SDXL's added conditions) for `rows` rows.
         use_layer_model: switches the layer model on and off (Stop At).
-        source: (1, 4, h, w) scaled img2img latents, or None.
+        source: (1, 4, h, w) scaled img2img latents for every row, or one per row of
+            a result's frames, (frames, 4, h, w), repeated for each result; or None.
+        keep: latents kept outside a selection, one row per frame of a result, or None.
     """
     width, height = size
+    if source is not None:
+        source = _per_row(source, rows)
+    if keep is not None:
+        keep = keep.repeated(rows // keep.latents.shape[0])
     for index in range(request.batch_count):
         first = request.seed + index * rows
         seeds = list(range(first, first + rows))
@@ -230,7 +246,7 @@ def sample_passes(
             unet=models.base.unet,
             sampler=request.sampler,
             scheduler_config=models.base.scheduler_config,
-            latents=None if source is None else source.expand(rows, -1, -1, -1),
+            latents=source,
             noise=noise,
             generators=generators,
             context=conditioning.context,
@@ -243,5 +259,13 @@ def sample_passes(
             ending_step=request.ending_step,
             added_conditions=conditioning.added_conditions,
             layer_context=conditioning.layer_context,
+            keep=keep,
         )
         yield seeds, latents
+
+
+def _per_row(latents: torch.Tensor, rows: int) -> torch.Tensor:
+    """(1 or n, 4, h, w) → (rows, 4, h, w): one row for all, or n repeated rows // n times."""
+    if latents.shape[0] == 1:
+        return latents.expand(rows, -1, -1, -1)
+    return latents.repeat(rows // latents.shape[0], 1, 1, 1)

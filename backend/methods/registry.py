@@ -8,6 +8,7 @@ from ..errors import InvalidRequest
 from ..model_set import ModelSet
 from . import sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
 from .denoise import StepCallback, no_progress
+from .masking import apply_mask
 from .request import GenerationRequest, GenerationResult, MethodRunner
 
 METHOD_RUNNERS: dict[Method, MethodRunner] = {
@@ -60,6 +61,6 @@ def check_request(request: GenerationRequest, models: ModelSet | None = None) ->
 def run_method(
     request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
 ) -> GenerationResult:
-    """Check the request, then run its method."""
+    """Check the request, then run its method; a selection shapes the results."""
     check_request(request, models)
-    return METHOD_RUNNERS[request.method](request, models, on_step)
+    return apply_mask(request, METHOD_RUNNERS[request.method](request, models, on_step))

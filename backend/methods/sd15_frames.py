@@ -17,10 +17,11 @@ from protocol import LayerRole
 from ..model_set import ModelSet
 from .denoise import Conditioning, StepCallback, sample_passes
 from .framing import Framing, framing_for
+from .masking import kept_latents
 from .prompts import layer_prompt
 from .request import GenerationRequest, GenerationResult
 from .sizing import composite_on_gray
-from .stages import encode_text, opaque_rgba, transparent_decode, vae_decode
+from .stages import encode_text, opaque_rgba, refined_sources, transparent_decode, vae_decode
 
 NATIVE_AREA = 512 * 512
 
@@ -55,7 +56,8 @@ def run_frames(
         layer_file: the released attention-sharing file.
         frame_roles: what frame 0, 1, (2) is; the foreground frame is decoded with alpha.
         control_role: the input layer fed to the control encoder, if the file has one.
-        source: (1, 4, h, w) scaled latents for img2img, or None.
+        source: (1, 4, h, w) scaled latents for img2img, or None. A second pass
+            (`request.refine`) starts each frame from its own first-pass layer instead.
     """
     # 1. Sizes: the model runs at multiples of 64; inputs go in and results come back by
     #    one exact map, so every layer lies on its input.
@@ -77,7 +79,13 @@ def run_frames(
     uncond = uncond[:rows]
     context, layer_context = contexts[:rows], (contexts[rows:] if layered else None)
 
-    # 3. The layer model, with its control image; the UNet is restored whatever happens.
+    # 3. Where each frame starts (a second pass: from its first-pass layer) and, with a
+    #    selection, what it keeps outside it.
+    if request.refine:
+        source = refined_sources(models, request, framing, frame_roles)
+    keep = kept_latents(models, request, framing, frame_roles)
+
+    # 4. The layer model, with its control image; the UNet is restored whatever happens.
     images: list[dict[LayerRole, np.ndarray]] = []
     seeds: list[int] = []
     with models.sd15_layer_model(layer_file) as handle:
@@ -93,10 +101,11 @@ def run_frames(
             conditioning=conditioning,
             use_layer_model=handle.set_active,
             source=source,
+            keep=keep,
         )
-        # 4. Each pass: one seed per row, consecutive across the job.
+        # 5. Each pass: one seed per row, consecutive across the job.
         for pass_seeds, latents in passes:
-            # 5. Decode every row; the foreground frame also through the transparent decoder.
+            # 6. Decode every row; the foreground frame also through the transparent decoder.
             layers = _decode_frames(models, latents, frame_roles)
             for index in range(request.batch_size):
                 images.append(

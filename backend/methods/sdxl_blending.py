@@ -159,6 +159,7 @@ def _two_steps(
         phase(0),
         framing=framing,
         layer_file=first_file,
+        output=_BLEND,
         transparent=False,
         conditions=[given_layer],
     )
@@ -182,6 +183,7 @@ def _two_steps(
             phase(step_1_total + index * second_calls),
             framing=framing,
             layer_file=second_file,
+            output=produced,
             transparent=transparent,
             conditions=[given_layer, blend],
         )

@@ -17,11 +17,13 @@ from ..layerdiffuse import attach_sdxl_layer_model
 from ..model_set import ModelSet
 from .denoise import Conditioning, StepCallback, sample_passes
 from .framing import Framing, framing_for
+from .masking import kept_latents
 from .request import GenerationRequest, GenerationResult
 from .stages import (
     condition_latents,
     encode_text_sdxl,
     opaque_rgba,
+    refined_sources,
     transparent_decode,
     vae_decode,
 )
@@ -67,6 +69,7 @@ def run_layer_file(
         on_step,
         framing=framing,
         layer_file=layer_file,
+        output=output,
         transparent=transparent,
         conditions=conditions,
         source=source,
@@ -85,6 +88,7 @@ def sample_layer_file(
     *,
     framing: Framing,
     layer_file: str,
+    output: LayerRole,
     transparent: bool,
     conditions: list[np.ndarray],
     source: torch.Tensor | None = None,
@@ -93,9 +97,12 @@ def sample_layer_file(
 
     Args:
         framing: the request's framing (its generation size is the one used).
+        output: the role of the layer it makes (what it keeps outside a selection, and
+            which first-pass layer a second pass starts from).
         conditions: the condition layers at the generation size, in the reference's
             order ((h, w, 4) uint8 straight RGBA); their latents are concatenated.
-        source: (1, 4, h, w) scaled latents for img2img, or None.
+        source: (1, 4, h, w) scaled latents for img2img, or None; a second pass
+            (`request.refine`) starts from its first-pass `output` layer instead.
 
     Returns:
         Each result's layer at the generation size, (h, w, 4) uint8 straight RGBA, and
@@ -109,7 +116,13 @@ def sample_layer_file(
         models, [request.prompt] * rows, [request.negative_prompt] * rows, width, height
     )
 
-    # 3. Merge the layer file; the file itself stays in host memory.
+    # 3. Where it starts (a second pass: from its first-pass layer) and, with a
+    #    selection, what it keeps outside it.
+    if request.refine:
+        source = refined_sources(models, request, framing, (output,))
+    keep = kept_latents(models, request, framing, (output,))
+
+    # 4. Merge the layer file; the file itself stays in host memory.
     state = models.layer_state_dict(layer_file, on_device=False)
     handle = attach_sdxl_layer_model(models.base.unet, state, weight=request.weight)
     layers: list[np.ndarray] = []
@@ -126,9 +139,10 @@ def sample_layer_file(
             conditioning=Conditioning(context, uncond, added),
             use_layer_model=handle.set_active,
             source=source,
+            keep=keep,
         )
         for batch_seeds, latents in passes:
-            # 4. Decode: the SD VAE, then the transparent decoder where the layer has alpha.
+            # 5. Decode: the SD VAE, then the transparent decoder where the layer has alpha.
             pixels = vae_decode(models, latents)
             decoded = (
                 transparent_decode(models, latents, pixels) if transparent else opaque_rgba(pixels)

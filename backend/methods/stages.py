@@ -164,6 +164,29 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
     return (latents * vae.config.scaling_factor).to(models.dtype)
 
 
+def refined_sources(
+    models: ModelSet,
+    request: GenerationRequest,
+    framing: Framing,
+    roles: tuple[LayerRole, ...],
+) -> torch.Tensor:
+    """A second pass's starting latents: each role's first-pass layer (`request.refine`, at
+    the request's size) mapped into this generation and encoded, a foreground through the
+    transparent encoder (its alpha), another layer through the VAE.
+
+    Returns:
+        (len(roles), 4, h/8, w/8) scaled latents, in the order of `roles`.
+    """
+    latents = []
+    for role in roles:
+        layer = framing.to_generation(request.refine[role])
+        if role is LayerRole.FOREGROUND:
+            latents.append(encode_transparent_source(models, layer))
+        else:
+            latents.append(encode_condition(models, layer))
+    return torch.cat(latents)
+
+
 def img2img_source(
     models: ModelSet, request: GenerationRequest, framing: Framing
 ) -> torch.Tensor | None:
