@@ -1,4 +1,4 @@
-"""The `layerdiffuse` command: generate, serve, models, bench.
+"""The `layerdiffuse` command: generate, serve, models, bench, cluster.
 
 Exit codes: 0 done; 1 failed; 2 usage: a bad flag or value, or a start that is refused
 (an output folder that cannot take the results, an unsafe bind, a bad origin, a busy
@@ -14,6 +14,7 @@ the output folder.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import re
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from .cluster.cluster import Cluster
+    from .cluster.config import ClusterConfig
     from .methods.request import GenerationRequest, GenerationResult
     from .store.download import ModelStore
 
@@ -67,7 +70,16 @@ DEFAULT_BASES = {
 }
 DEFAULT_NEGATIVE = "bad, ugly"
 DEFAULT_OUTPUT = Path("outputs")
-BENCH_STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo")
+BENCH_STAGES = (
+    "decoder",
+    "sd15",
+    "sdxl",
+    "methods",
+    "sdxl_methods",
+    "transport",
+    "demo",
+    "cluster",
+)
 """`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
 
 METHOD_SUMMARIES: dict[Method, str] = {
@@ -168,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_models(commands)
     _add_bench(commands)
+    _add_cluster(commands)
     return parser
 
 
@@ -349,7 +362,68 @@ def _add_serve(commands: Any) -> None:
         "(default: none, browsers are refused)",
     )
     _add_model_options(server, serve=True)
+    _add_cluster_options(server)
     server.set_defaults(command=_serve)
+
+
+def _add_cluster_options(server: argparse.ArgumentParser) -> None:
+    # A studio's GPUs (docs/cluster.md); they need pip install -e '.[cluster]'.
+    server.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run jobs on a Ray cluster's GPUs, one replica per GPU, this server being their "
+        "gateway: the head's HOST:PORT, or 'local' for a one-node Ray started here on "
+        "127.0.0.1 (default: this machine's GPU, no Ray)",
+    )
+    number_flag(
+        server,
+        "--gpus",
+        dest="gpus",
+        low=1,
+        high=4096,
+        default=None,
+        help="GPU replicas to run (default: every GPU of the cluster); with --cluster local "
+        "on a machine without a GPU, that many stand-ins running on the CPU",
+    )
+    number_flag(
+        server,
+        "--jobs-per-client",
+        dest="jobs_per_client",
+        low=1,
+        high=4096,
+        default=None,
+        help="jobs of one client running at once (default: one less than the GPUs, at least 1)",
+    )
+    number_flag(
+        server,
+        "--cluster-queue",
+        dest="cluster_queue",
+        low=1,
+        high=100_000,
+        default=None,
+        help="jobs waiting for a GPU, all clients together, before more are refused as busy "
+        "(default: 64)",
+    )
+
+
+def _add_cluster(commands: Any) -> None:
+    cluster = commands.add_parser(
+        "cluster",
+        help="a studio's Ray cluster: its GPUs, models and queues",
+        description="What runs on a Ray cluster that `layerdiffuse serve --cluster` uses "
+        "(docs/cluster.md; needs pip install -e '.[cluster]').",
+    )
+    actions = cluster.add_subparsers(title="actions", required=True, metavar="ACTION")
+    status = actions.add_parser(
+        "status", help="the GPUs, the models on them, and each gateway's queue"
+    )
+    status.add_argument(
+        "--address",
+        default="local",
+        help="the Ray head as HOST:PORT; auto for one `ray start` runs on this machine; local "
+        "for the one a `serve --cluster local` gateway runs here (default: local)",
+    )
+    status.set_defaults(command=_cluster_status)
 
 
 def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
@@ -766,25 +840,43 @@ def _serve(args: argparse.Namespace) -> int:
         config.check()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    cluster_config = _cluster_config(args)
+    if cluster_config is not None and importlib.util.find_spec("ray") is None:
+        _say(f"error: --cluster needs Ray Serve: {CLUSTER_INSTALL}")
+        return EXIT_NO_START
     _check_port_free(config.host, config.port)
 
     import asyncio
     import signal
 
     from .server.serve import run_server
-    from .store.model_sets import open_model_set
 
     _quiet_libraries()
-    models = open_model_set(
-        base=config.base,
-        demo=config.demo,
-        demo_family=config.demo_family,
-        models_dir=config.models_dir,
-        offline=config.offline,
-        device=config.device,
-        dtype=config.dtype,
-    )
-    if models.is_demo:
+    cluster = None
+    if cluster_config is None:
+        from .store.model_sets import open_model_set
+
+        models = open_model_set(
+            base=config.base,
+            demo=config.demo,
+            demo_family=config.demo_family,
+            models_dir=config.models_dir,
+            offline=config.offline,
+            device=config.device,
+            dtype=config.dtype,
+        )
+        executor = None
+        demo = models.is_demo
+    else:
+        from .cluster.cluster import ClusterError
+
+        try:
+            cluster = _open_cluster(config, cluster_config)
+        except ClusterError as error:
+            _say(f"error: {error}")
+            return EXIT_NO_START
+        models, executor, demo = None, cluster.executor(), cluster.replica.model.demo
+    if demo:
         _say("serving the demo model set: tiny random models, so the pictures are noise")
 
     async def main() -> None:
@@ -806,13 +898,80 @@ def _serve(args: argparse.Namespace) -> int:
         def listening(port: int) -> None:
             print(f"listening on ws://{config.host}:{port}", flush=True)
 
-        await run_server(config, models, stop, listening)
+        await run_server(config, models, stop, listening, executor=executor)
 
     try:
         asyncio.run(main())
     except OSError as error:  # taken while the models loaded
         _say(f"error: cannot listen on {config.host}:{config.port}: {_os_reason(error)}")
         return EXIT_NO_START
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return EXIT_OK
+
+
+CLUSTER_INSTALL = "pip install -e '.[cluster]' (or pip install 'krita-layerdiffuse[cluster]')"
+
+
+def _cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
+    """The cluster flags of `serve`, or None without --cluster (then none may be given)."""
+    from .cluster.config import ClusterConfig  # no Ray in it
+
+    flags = {"--gpus": args.gpus, "--jobs-per-client": args.jobs_per_client}
+    flags["--cluster-queue"] = args.cluster_queue
+    if args.cluster is None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --cluster (docs/cluster.md)")
+        return None
+    defaults = ClusterConfig()
+    return ClusterConfig(
+        address=args.cluster,
+        gpus=args.gpus,
+        jobs_per_client=args.jobs_per_client,
+        max_waiting=defaults.max_waiting if args.cluster_queue is None else args.cluster_queue,
+    )
+
+
+def _open_cluster(config: ServerConfig, cluster_config: ClusterConfig) -> Cluster:
+    """Connect to (or start) Ray, deploy the model on its GPUs; the lines say what happens."""
+    from .cluster.cluster import open_cluster
+    from .cluster.config import ModelOptions
+
+    options = ModelOptions(
+        base=config.base,
+        demo=config.demo,
+        demo_family=config.demo_family,
+        models_dir=config.models_dir,
+        offline=config.offline,
+        device=config.device,
+        dtype=config.dtype,
+    )
+    where = "a one-node Ray on 127.0.0.1" if cluster_config.is_local else cluster_config.address
+    _say(f"starting the GPU workers on {where}: one per GPU, each loading the model")
+    cluster = open_cluster(cluster_config, options, config.preview_side)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        for name in ("ray", "ray.serve"):  # Serve logs every replica event at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
+    model = cluster.replica.model
+    _say(f"{cluster.gpus} GPU worker(s) ready with {model.name} ({model.family.value})")
+    return cluster
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("ray") is None:
+        _say(f"error: cluster status needs Ray Serve: {CLUSTER_INSTALL}")
+        return EXIT_NO_START
+    from .cluster.cluster import ClusterError
+    from .cluster.status import read_status
+
+    try:
+        status = read_status(args.address)
+    except ClusterError as error:
+        _say(f"error: {error}")
+        return EXIT_FAILED
+    print(status.describe())
     return EXIT_OK
 
 

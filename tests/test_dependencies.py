@@ -7,6 +7,7 @@ purpose, with the design reason, not slip in.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,8 +73,22 @@ ALLOWED: dict[str, set[str]] = {
         "protocol",
         "websockets",
     },
+    # A studio's GPUs: the only code that imports Ray. The gateway side reaches the
+    # server only through the Executor interface it implements (the CLI joins them).
+    "backend.cluster": {
+        "backend.cluster",
+        "backend.jobs",
+        "backend.store",
+        "backend.errors",
+        "protocol",
+        "ray",
+    },
     "backend.bench": {
         "backend.bench",
+        # the cluster stage: the same jobs through the one-machine server and a cluster
+        "backend.cluster",
+        "backend.server",
+        "backend.config",
         "backend.store",
         "websockets",
         "PIL",
@@ -165,6 +180,46 @@ def test_imports_follow_the_dependency_table(path: Path) -> None:
     assert bad == [], f"{importer} imports {bad}"
 
 
+RAY_IMPORTERS = "backend.cluster"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_cluster_package_imports_ray(path: Path) -> None:
+    """Ray is an optional extra: nothing else may import it, the CLI included (it
+    reaches Ray through backend.cluster, and only for --cluster)."""
+    importer = module_name(path)
+    if importer == RAY_IMPORTERS or importer.startswith(RAY_IMPORTERS + "."):
+        return
+    ray = sorted(name for name in imports_of(path) if name.split(".")[0] == "ray")
+    assert ray == [], f"{importer} imports {ray}"
+
+
+def test_the_one_machine_path_never_imports_ray() -> None:
+    """Every module but the cluster package (and the bench stage that drives it) imports
+    without Ray; run in a fresh interpreter, so nothing else loaded it first."""
+    modules = [
+        module_name(path)
+        for path in SOURCES
+        if module_name(path).startswith("backend")
+        and not module_name(path).startswith(RAY_IMPORTERS)
+        and module_name(path) != "backend.bench.cluster"
+        and module_name(path) != "backend.__main__"
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from backend.cli import main\n"
+        "assert main(['serve', '--help']) == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'ray')\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_checker_catches_a_reversed_edge() -> None:
     assert not allowed("backend.layerdiffuse.alpha", "backend.store.download")
     assert not allowed("backend.methods.stages", "backend.store.demo")
@@ -174,6 +229,10 @@ def test_the_checker_catches_a_reversed_edge() -> None:
     assert not allowed("krita_plugin.ui.docker", "PyQt5.QtWidgets")
     assert not allowed("krita_plugin.canvas.app", "PyQt6.QtCore")
     assert allowed("krita_plugin.qt", "PyQt6.QtWidgets")
+    assert allowed("backend.cluster.executor", "ray.serve.handle")
+    assert not allowed("backend.server.serve", "ray")
+    assert not allowed("backend.server.serve", "backend.cluster.executor")
+    assert not allowed("backend.jobs.queue", "ray.serve")
 
 
 # PyQt6 knows enum members only in their scoped form (`Qt.AlignmentFlag.AlignCenter`);
