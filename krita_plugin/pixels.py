@@ -17,6 +17,7 @@ __all__ = [
     "BYTES_PER_PIXEL",
     "Buffer",
     "alpha_bounds",
+    "alpha_strip",
     "check_size",
     "crop",
     "has_visible_pixels",
@@ -112,6 +113,14 @@ def lazy_buffer(size: int) -> memoryview:
     if size >= 1 << 20:
         return memoryview(mmap.mmap(-1, size))
     return memoryview(bytearray(size))
+
+
+def alpha_strip(selection: Buffer, start: int, end: int) -> bytearray:
+    """Pixels `start`..`end` of a one-byte-per-pixel selection as BGRA with the selection
+    as alpha (colour 0): the protocol's mask image. The step assignment is done in C."""
+    strip = bytearray((end - start) * BYTES_PER_PIXEL)
+    strip[3::4] = selection[start:end]
+    return strip
 
 
 STRIP_BYTES = 8 << 20

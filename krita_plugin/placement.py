@@ -43,6 +43,9 @@ class Capture:
         anchor_name: its name, for messages.
         region: the work region in document pixels (the selection's bounds, else the canvas).
         pixels: the region's BGRA bytes of the `InputSource`, or None for `NOTHING`.
+        selection: the selection over the region, one byte per pixel (Krita's 8-bit
+            selection, soft edges kept), or None when nothing is selected or the whole
+            region is (a rectangle): then nothing needs masking.
     """
 
     document_id: str
@@ -50,6 +53,7 @@ class Capture:
     anchor_name: str
     region: Bounds
     pixels: Buffer | None = None
+    selection: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,27 @@ class Settings:
             "scale the result to the region; off generates at the region's own size",
         ),
     )
+    hires: str = field(
+        default="auto",
+        metadata=_spec(
+            "Second pass",
+            "For a work area larger than the model's (512² SD1.5, 1024² SDXL): generate at "
+            "the model's size, then again at the work area's, so the layer is sharp; "
+            "Automatic does it from 20 % over the model's area",
+            choices=tuple(mode.value for mode in protocol.Hires),
+        ),
+    )
+    hires_strength: float = field(
+        default=0.5,
+        metadata=_spec(
+            "Pass strength",
+            "How much of the first pass the second one redraws",
+            minimum=0.0,
+            maximum=1.0,
+            unit="%",
+            shown_times=100,
+        ),
+    )
     insert_results: bool = field(
         default=True,
         metadata=_spec(

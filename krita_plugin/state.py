@@ -34,8 +34,8 @@ from .errors import (
     PluginError,
     UnsupportedDocument,
 )
-from .geometry import Bounds
-from .pixels import Buffer
+from .geometry import Bounds, Extent
+from .pixels import BYTES_PER_PIXEL, Buffer, alpha_strip, lazy_buffer, strips
 from .placement import Capture, InputSource, NewLayer
 from .recipes import Action, Recipe, recipe_for, step_inputs
 from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MASK_SINCE = (1, 1)
+"""The protocol version from which a backend takes a selection mask."""
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
 
@@ -214,14 +217,15 @@ def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> 
     """The generation settings that change what `action` makes on `family` (None: the
     family is not known yet, so every setting any family reads).
 
-    Always: negative prompt, steps, CFG, seed, sampler, Stop At, fit to native size.
+    Always: negative prompt, steps, CFG, seed, sampler, Stop At, fit to native size, the
+    second pass and its strength.
     Only where they matter: the weight (the SDXL layer models; SD1.5 ignores it), the
     SDXL transparent model (attention or conv), the layer prompts the recipe's methods
     read, and "insert blended" for the recipes that make a blended image.
     """
     names = {
         "negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
-        "fit_to_native",
+        "fit_to_native", "hires", "hires_strength",
     }  # fmt: skip
     families = tuple(protocol.ModelFamily) if family is None else (family,)
     for each in families:
@@ -462,6 +466,10 @@ class DockerState:
             layers: dict[protocol.LayerRole, Buffer] = {}
             if recipe.captured_role is not None and capture.pixels is not None:
                 layers[recipe.captured_role] = capture.pixels
+            if capture.selection is not None and self._takes_masks():
+                layers[protocol.LayerRole.MASK] = await _mask_image(
+                    capture.selection, capture.region.extent
+                )
             if job.cancelled:
                 raise JobCancelled()
             job.job_id = new_job_id()
@@ -563,6 +571,16 @@ class DockerState:
         self.tray = kept
         self.changed.emit("tray")
 
+    def _takes_masks(self) -> bool:
+        """Whether the backend takes a selection mask (protocol 1.1 on); an older one
+        gets none, and the selection's bounds are the work area, as they used to be."""
+        welcome = self.client.welcome
+        if welcome is not None and welcome.protocol >= MASK_SINCE:
+            return True
+        version = welcome.protocol if welcome is not None else None
+        log.warning("the backend speaks protocol %s: the selection's shape is not sent", version)
+        return False
+
     def _on_progress(
         self,
         job: _RunningJob,
@@ -636,11 +654,16 @@ def _submit(
         sampler=protocol.Sampler(settings.sampler),
         weight=settings.weight,
         ending_step=settings.stop_at,
+        hires=protocol.Hires(settings.hires),
+        hires_strength=settings.hires_strength,
         **_second_step(method, settings),
     )
     inputs = []
     images = {}
-    for role in step_inputs(method):
+    roles = step_inputs(method)
+    if protocol.LayerRole.MASK in layers:
+        roles = (*roles, protocol.LayerRole.MASK)
+    for role in roles:
         ref = protocol.ImageRef.raw(
             f"{job_id}/{role.value}", region.width, region.height, protocol.PixelFormat.BGRA8
         )
@@ -654,6 +677,18 @@ def _submit(
         previews=True,
     )
     return submit, images
+
+
+async def _mask_image(selection: bytes, extent: Extent) -> memoryview:
+    """The protocol's mask image (BGRA, the selection as alpha), made a strip per
+    event-loop tick: a 4096² mask is 64 MiB."""
+    buffer = lazy_buffer(extent.pixels * BYTES_PER_PIXEL)
+    for index, (top, rows) in enumerate(strips(extent)):
+        if index:
+            await asyncio.sleep(0)
+        start, end = top * extent.width, (top + rows) * extent.width
+        buffer[start * BYTES_PER_PIXEL : end * BYTES_PER_PIXEL] = alpha_strip(selection, start, end)
+    return buffer
 
 
 def _second_step(method: protocol.Method, settings: Settings) -> dict[str, Any]:

@@ -147,7 +147,22 @@ def capture_from(
         pixels = read_scene(document, anchor, region)
     if pixels is not None:
         check_size(pixels, region.extent)
-    return Capture(document_id(document), node_id(anchor), anchor.name(), region, pixels)
+    selection = read_selection(document, region)
+    return Capture(document_id(document), node_id(anchor), anchor.name(), region, pixels, selection)
+
+
+def read_selection(document: Document, region: Bounds) -> bytes | None:
+    """The selection over `region`, one byte per pixel; None when there is none or it
+    covers the whole region (a rectangle selects what its bounds do)."""
+    selection = document.selection()
+    if selection is None:
+        return None
+    with timed(f"reading {region.width}x{region.height} of the selection"):
+        mask = bytes(selection.pixelData(*_rect(region)))
+        if len(mask) != region.extent.pixels:
+            raise EmptyRegion("Krita gave no 8-bit selection for the work area.")
+        full = mask.count(255) == len(mask)
+    return None if full else mask
 
 
 async def read_layer(capture: Capture) -> Capture:

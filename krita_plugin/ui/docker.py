@@ -84,6 +84,11 @@ _SECOND_STOP_AT = tuple(
     (value, f"{float(value) * 100:.0f} %" if value else "Default")
     for value in choices("second_stop_at")
 )
+_HIRES_LABELS = {
+    protocol.Hires.AUTO: "Automatic",
+    protocol.Hires.ON: "On",
+    protocol.Hires.OFF: "Off",
+}
 _STATUS_COLOURS = {
     ConnectionState.CONNECTED: "#3a9a3a",
     ConnectionState.CONNECTING: "#c89a1a",
@@ -94,7 +99,7 @@ _GENERATION_SETTINGS = (
     "negative_prompt", "family", "steps", "cfg_scale", "seed", "sampler",
     "sdxl_transparent_model", "weight", "stop_at", "foreground_prompt", "background_prompt",
     "blended_prompt", "second_prompt", "second_negative_prompt", "second_sampler",
-    "second_stop_at", "insert_blended", "fit_to_native",
+    "second_stop_at", "hires", "hires_strength", "insert_blended", "fit_to_native",
 )  # fmt: skip
 _ALWAYS_SHOWN = {"family"}
 
@@ -255,6 +260,9 @@ class DockerPanel(QWidget):
         )
         self._add_row("second_sampler", self._combo("second_sampler", _SECOND_SAMPLERS), form)
         self._add_row("second_stop_at", self._combo("second_stop_at", _SECOND_STOP_AT), form)
+        hires = [(mode.value, _HIRES_LABELS[mode]) for mode in protocol.Hires]
+        self._add_row("hires", self._combo("hires", hires), form)
+        self._add_row("hires_strength", self._double("hires_strength", step=5, decimals=0), form)
         self.insert_blended = self._check("insert_blended", settings.content)
         self.fit_to_native = self._check("fit_to_native", settings.content)
         form.add_wide(self.insert_blended)

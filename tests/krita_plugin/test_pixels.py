@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from krita_plugin.geometry import Bounds, Extent
 from krita_plugin.pixels import (
     alpha_bounds,
+    alpha_strip,
     check_size,
     crop,
     has_visible_pixels,
@@ -145,3 +146,8 @@ def test_a_lazy_buffer_is_zeroed_and_writable(size: int) -> None:
     assert len(buffer) == size and not buffer.readonly and bytes(buffer[-4:]) == bytes(4)
     buffer[-1] = 5
     assert buffer[-1] == 5
+
+
+def test_an_alpha_strip_is_bgra_with_the_selection_as_alpha() -> None:
+    selection = bytes([0, 128, 255, 7])
+    assert alpha_strip(selection, 1, 3) == bytearray([0, 0, 0, 128, 0, 0, 0, 255])

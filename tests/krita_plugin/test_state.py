@@ -8,6 +8,7 @@ backend; a recording backend also checks how their two steps are wired.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -66,7 +67,9 @@ class FakeCanvas:
         capture_error: PluginError | None = None,
         insert_error: PluginError | None = None,
         problem: PluginError | None = None,
+        selection: bytes | None = None,
     ) -> None:
+        self.selection = selection
         self.capture_error = capture_error
         self.insert_error = insert_error
         self.problem = problem
@@ -90,7 +93,7 @@ class FakeCanvas:
         pixels = None
         if source is not InputSource.NOTHING:
             pixels = bytes((30, 60, 90, 255)) * (REGION.width * REGION.height)
-        return Capture("document", "anchor", "User Paint", REGION, pixels)
+        return Capture("document", "anchor", "User Paint", REGION, pixels, self.selection)
 
     async def insert(self, capture: Capture, layers: Sequence[NewLayer]) -> list[str]:
         if self.insert_error is not None:
@@ -547,7 +550,7 @@ def test_the_sdxl_transparent_model_is_the_painters_choice() -> None:
 
 SECOND_STEP = {"second_prompt", "second_negative_prompt", "second_sampler", "second_stop_at"}
 ALWAYS = {"negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
-          "fit_to_native"}  # fmt: skip
+          "fit_to_native", "hires", "hires_strength"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -645,5 +648,63 @@ def test_the_tray_keeps_the_newest_within_its_count_and_bytes(
         monkeypatch.setattr("krita_plugin.state.TRAY_BYTES", one * 3)
         await state.generate(Action.TRANSPARENT_LAYER)
         assert len(state.tray) == 3 and state.tray[1] is newest
+
+    run(scenario)
+
+
+def ellipse_selection() -> bytes:
+    """REGION's 40 × 30 pixels: 255 inside the inscribed ellipse, 0 outside."""
+    width, height = REGION.width, REGION.height
+    return bytes(
+        255 if ((x + 0.5 - width / 2) / (width / 2)) ** 2
+        + ((y + 0.5 - height / 2) / (height / 2)) ** 2 <= 1 else 0
+        for y in range(height)
+        for x in range(width)
+    )  # fmt: skip
+
+
+def test_a_shaped_selection_travels_as_a_mask_and_shapes_the_layer(
+    demo_server: DemoServer,
+) -> None:
+    """Through the real demo backend: the ellipse goes as the `mask` input (BGRA, the
+    selection as alpha), and the layer that comes back is clear outside it."""
+
+    async def scenario() -> None:
+        async with running_client(demo_server.url) as client:
+            await client.wait_connected(TIMEOUT)
+            selection = ellipse_selection()
+            sent: list[Submit] = []
+            run_job = client.run_job
+
+            async def recording(submit: Submit, images: Any, on_progress: Any = None) -> Any:
+                sent.append(submit)
+                mask = images.get(f"{submit.job}/mask")
+                assert mask is not None and bytes(memoryview(mask)[3::4]) == selection
+                assert bytes(memoryview(mask)[0::4]) == bytes(len(selection))
+                return await run_job(submit, images, on_progress)
+
+            client.run_job = recording  # type: ignore[method-assign]
+            canvas = FakeCanvas(selection=selection)
+            state = new_state(client, canvas)
+            await state.generate(Action.TRANSPARENT_LAYER)
+            assert [layer.role for layer in sent[0].inputs] == [LayerRole.MASK]
+            [layer] = canvas.inserted
+            alpha = bytes(memoryview(layer.pixels)[3::4])
+            outside = [a for a, s in zip(alpha, selection, strict=True) if s == 0]
+            assert outside and set(outside) == {0}
+            assert any(a for a, s in zip(alpha, selection, strict=True) if s == 255)
+
+    run(scenario)
+
+
+def test_a_backend_before_protocol_1_1_gets_no_mask() -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        backend.welcome = dataclasses.replace(backend.welcome, protocol=(1, 0))
+        state = new_state(backend, FakeCanvas(selection=ellipse_selection()))
+        await state.generate(Action.BACKGROUND)
+        [(submit, images)] = backend.submits
+        assert [layer.role for layer in submit.inputs] == [LayerRole.FOREGROUND]
+        assert len(images) == 1
 
     run(scenario)

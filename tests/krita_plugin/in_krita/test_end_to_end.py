@@ -233,6 +233,7 @@ GROUPS = {
     "reconnect": "the backend restarts: the docker shows it, reconnects, and generates again",
     "floating": "a refusal of an action from the menu also floats on the canvas",
     "tray": "with insert at once off a result waits in the tray; a click inserts it",
+    "mask": "an elliptical selection on 3000x2000: the layer is clear outside, nothing else moves",
 }
 
 

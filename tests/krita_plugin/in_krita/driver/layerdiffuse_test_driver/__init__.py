@@ -588,6 +588,100 @@ def tray(scene):
     yield from open_settings(False)
 
 
+MASK_DOCUMENT = (3000, 2000)
+ELLIPSE = (700, 500, 900, 600)  # x, y, width, height of the selected ellipse
+
+
+def ellipse_span(y):
+    """The columns [start, end) of the ellipse on document row y (empty outside it)."""
+    x, top, width, height = ELLIPSE
+    dy = (y + 0.5 - (top + height / 2)) / (height / 2)
+    if abs(dy) >= 1:
+        return 0, 0
+    half = (width / 2) * (1 - dy * dy) ** 0.5
+    centre = x + width / 2
+    start = max(x, int(centre - half + 0.5))
+    return start, max(start, min(x + width, int(centre + half + 0.5)))
+
+
+def ellipse_selection_bytes():
+    x, top, width, height = ELLIPSE
+    rows = []
+    for y in range(top, top + height):
+        start, end = ellipse_span(y)
+        rows.append(bytes(start - x) + b"\xff" * (end - start) + bytes(x + width - end))
+    return b"".join(rows)
+
+
+def masked_selection(run, app, window):
+    """An elliptical selection on a 3000 × 2000 document: the transparent layer is the
+    selection's bounds at document resolution, clear outside the ellipse, and nothing
+    outside the ellipse differs from the document before, byte for byte."""
+    width, height = MASK_DOCUMENT
+    document = app.createDocument(width, height, "layerdiffuse-mask", "RGBA", "U8", "", 72.0)
+    window.addView(document)
+    yield Wait("the mask document", lambda: app.activeDocument().name() == "layerdiffuse-mask")
+    user = document.createNode(USER_LAYER, "paintlayer")
+    row = bytes((40, 60, 200, 255)) * (width // 3) + bytes(4 * (width - width // 3))
+    user.setPixelData(row * height, 0, 0, width, height)
+    document.rootNode().addChildNode(user, None)
+    document.waitForDone()
+    document.refreshProjection()
+    before = bytes(document.pixelData(0, 0, width, height))
+    user_before = bytes(user.pixelData(0, 0, width, height))
+    selection = Selection()
+    selection.setPixelData(ellipse_selection_bytes(), *ELLIPSE)
+    document.setSelection(selection)
+    yield activate(document, by_name(document, USER_LAYER))
+    known = set(ids(document))
+    app.action("layerdiffuse_generate_layer").trigger()
+    yield Wait("the masked layer", lambda: message().startswith("Inserted") or is_error(), 240.0)
+    run.check("mask:inserted", message().startswith("Inserted"), message())
+    new = [node for node in walk(document.rootNode()) if uid(node) not in known]
+    run.check("mask:one_layer", len(new) == 1, [n.name() for n in new])
+    if len(new) != 1:
+        return
+    layer = new[0]
+    x, top, w, h = ELLIPSE
+    bounds = layer.bounds()
+    run.check(
+        "mask:layer_within_the_selections_bounds",
+        bounds.x() >= x and bounds.y() >= top
+        and bounds.x() + bounds.width() <= x + w and bounds.y() + bounds.height() <= top + h,
+        (bounds.x(), bounds.y(), bounds.width(), bounds.height()),
+    )  # fmt: skip
+    alpha = bytes(layer.pixelData(x, top, w, h))[3::4]
+    outside = inside = 0
+    for row_index in range(h):
+        start, end = ellipse_span(top + row_index)
+        row_alpha = alpha[row_index * w : (row_index + 1) * w]
+        outside += len(row_alpha[: start - x].strip(b"\0")) + len(row_alpha[end - x :].strip(b"\0"))
+        inside += len(row_alpha[start - x : end - x].strip(b"\0"))
+    run.check("mask:alpha_zero_outside_the_ellipse", outside == 0, outside)
+    run.check("mask:something_inside", inside > 0, inside)
+    document.refreshProjection()
+    after = bytes(document.pixelData(0, 0, width, height))
+    stride = width * 4
+    changed = 0
+    for y in range(height):
+        start, end = ellipse_span(y)
+        row_before = before[y * stride : (y + 1) * stride]
+        row_after = after[y * stride : (y + 1) * stride]
+        if row_before[: start * 4] != row_after[: start * 4]:
+            changed += 1
+        if row_before[end * 4 :] != row_after[end * 4 :]:
+            changed += 1
+    run.check("mask:nothing_outside_the_ellipse_changed", changed == 0, f"{changed} row parts")
+    run.check(
+        "mask:users_layer_unchanged",
+        bytes(user.pixelData(0, 0, width, height)) == user_before,
+        "",
+    )
+    document.setModified(False)
+    document.close()
+    yield Wait("the scene document again", lambda: app.activeDocument() is not None, 20.0)
+
+
 def floating_messages(window):
     """The texts Krita shows as floating messages on the canvas now."""
     return [
@@ -809,6 +903,10 @@ def scenario_sd15(run):
     yield activate(document, by_name(document, USER_LAYER))
     yield Wait("the actions to be enabled", action.isEnabled, 10.0)
     run.check("gray:enabled_again_on_an_rgba_document", action.isEnabled(), action.toolTip())
+
+    # 7b. An elliptical selection shapes the layer on a large document.
+    yield from masked_selection(run, app, window)
+    yield activate(document, by_name(document, USER_LAYER))
 
     # 8. A refusal found only at the trigger (nothing visible to make a background for)
     # also shows on the canvas, where a painter using the menu or a shortcut looks.
