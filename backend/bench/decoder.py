@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..layerdiffuse import TransparentVAEDecoder, use_reduction_group_norm
+from ..layerdiffuse.transparent_vae_decoder import use_pointwise_convs
 from .models import build_random
 from .report import BenchReport, time_stage
 
@@ -24,12 +25,15 @@ def bench_transparent_decoder(
     def variant(name: str, function: Callable[[], Any], baseline: str | None = reference) -> None:
         time_stage(report, stage, name, function, device, repeat, baseline)
 
+    # The reference's modules: native GroupNorm, and (on a CPU) oneDNN's 1×1 convolutions.
     use_reduction_group_norm(decoder, enabled=False)
+    use_pointwise_convs(decoder, enabled=False)
     variant(reference, lambda: decoder.estimate_augmented_sequential(pixel, latent), None)
     variant(
         "8 views batched, native GroupNorm", lambda: decoder.estimate_augmented(pixel, latent, 8)
     )
     use_reduction_group_norm(decoder, enabled=True)
+    use_pointwise_convs(decoder, enabled=True)
     variant(
         "8 passes in a loop, reduction GroupNorm",
         lambda: decoder.estimate_augmented_sequential(pixel, latent),

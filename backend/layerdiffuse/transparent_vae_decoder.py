@@ -8,6 +8,11 @@ fourth down block, where the feature map is at latent resolution.
 
 `estimate_augmented` is the reference's test-time augmentation — the median of
 8 flipped/rotated passes — computed with the views batched instead of one by one.
+
+On a CPU two of its costs are not the model's: oneDNN's 1×1 convolutions, which at
+the decoder's narrow full-resolution levels take 20x as long as the matrix product
+they are (`PointwiseConv2d`), and `torch.median` over the 8 views, which sorts
+(`lower_median_of_8`). Both are replaced by exact equivalents (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -133,6 +138,7 @@ class TransparentVAEDecoder(nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], 4, kernel_size=3, padding=1)
         use_reduction_group_norm(self)
+        use_pointwise_convs(self)
 
     @property
     def size_multiple(self) -> int:
@@ -206,8 +212,7 @@ class TransparentVAEDecoder(nn.Module):
                 outputs = self(pixels, latents).clip(0, 1).split(batch)
                 for i, output in zip(chunk, outputs, strict=True):
                     results[i] = _undo_view(output, *TTA_VIEWS[i])
-        stacked = torch.stack([r for r in results if r is not None])
-        return torch.median(stacked, dim=0).values
+        return lower_median_of_8([r for r in results if r is not None])
 
     @torch.no_grad()
     def estimate_augmented_sequential(
@@ -222,6 +227,80 @@ class TransparentVAEDecoder(nn.Module):
             output = self(_apply_view(pixel, flip, turns), _apply_view(latent, flip, turns))
             outputs.append(_undo_view(output.clip(0, 1), flip, turns))
         return torch.median(torch.stack(outputs), dim=0).values
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 convolution that on a CPU is computed as the matrix product it is.
+
+    PyTorch hands a 1×1 convolution on a CPU to oneDNN when it runs more than one
+    thread, and to a matrix product on one thread. At the narrow full-resolution
+    levels of the decoder oneDNN is far slower: 11.5 ms against 0.4 ms for 8 → 4
+    channels at 512² on the 2-core dev VM, and still 2x slower for the released
+    decoder's 64 → 32. The product is the one PyTorch itself computes on one thread,
+    bit for bit; on more threads it differs from oneDNN's by rounding (6e-6 at most in
+    the demo decoder's output). Other devices, and inputs not in the contiguous NCHW
+    layout, keep `nn.Conv2d`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        weight = self.weight.reshape(self.out_channels, channels)
+        out = torch.matmul(weight, x.view(batch, channels, height * width))
+        if self.bias is not None:
+            out += self.bias.view(1, -1, 1)
+        return out.view(batch, self.out_channels, height, width)
+
+
+def use_pointwise_convs(module: nn.Module, enabled: bool = True) -> int:
+    """Make every plain 1×1 `nn.Conv2d` inside `module` a `PointwiseConv2d` (or back).
+
+    Only the class changes: parameters, state-dict keys and CUDA results stay as they
+    were. `enabled=False` restores `nn.Conv2d` (the benchmark's baseline). Returns how
+    many were changed.
+    """
+    source, target = (nn.Conv2d, PointwiseConv2d) if enabled else (PointwiseConv2d, nn.Conv2d)
+    changed = 0
+    for child in module.modules():
+        if (
+            type(child) is source
+            and child.kernel_size == (1, 1)
+            and child.stride == (1, 1)
+            and child.padding == (0, 0)
+            and child.dilation == (1, 1)
+            and child.groups == 1
+        ):
+            child.__class__ = target
+            changed += 1
+    return changed
+
+
+def lower_median_of_8(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The lower median of 8 same-shaped tensors, element by element.
+
+    Exactly `torch.median(torch.stack(views), dim=0).values` (the 4th smallest of 8),
+    from 27 elementwise minima and maxima instead of a sort along a new dimension, and
+    in place in one copy of the views, so that large tensors are not allocated 27
+    times. Each half is sorted by the 5-comparator network; the 4th smallest of two
+    sorted runs a and b is min(a3, b3, max(a0, b2), max(a1, b1), max(a2, b0)). A NaN
+    propagates, as in `torch.median`. The inputs are not changed.
+    """
+    if len(views) != 8:
+        raise ValueError(f"lower_median_of_8 takes 8 tensors, not {len(views)}")
+    v = list(torch.stack(list(views)).unbind(0))
+    spare = torch.empty_like(v[0])
+    for half in (0, 4):
+        for i, j in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):
+            low, high = v[half + i], v[half + j]
+            torch.minimum(low, high, out=spare)
+            torch.maximum(low, high, out=high)
+            v[half + i], spare = spare, low
+    a, b = v[:4], v[4:]
+    median = torch.minimum(a[3], b[3], out=torch.empty_like(spare))
+    for i in range(3):
+        torch.minimum(median, torch.maximum(a[i], b[2 - i], out=b[2 - i]), out=median)
+    return median
 
 
 def views_per_batch(pixel: torch.Tensor) -> int:
