@@ -17,6 +17,7 @@ import torch
 
 from backend.layerdiffuse import (
     SD15LayerHandle,
+    Tiling,
     TransparentVAEDecoder,
     TransparentVAEEncoder,
     attach_sd15_layer_model,
@@ -88,6 +89,8 @@ class ModelSet:
         kept_layer_models: how many SD1.5 layer models stay attached to the UNet,
             switched off, between jobs (each holds its per-frame merged attention
             weights: 187 MB per frame in fp16, so 187–561 MB).
+        tiling: when the VAE and the transparent decoder and encoder work in tiles (by
+            default when the image would not fit the device's free memory).
     """
 
     base: BaseModel
@@ -98,6 +101,7 @@ class ModelSet:
     is_demo: bool = False
     cached_layer_files: int = 2
     kept_layer_models: int = 1
+    tiling: Tiling = field(default_factory=Tiling)
     _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
         default_factory=OrderedDict, repr=False
     )

@@ -36,6 +36,7 @@ from .sdxl_keys import (
     read_unet_layout,
     released_key_shapes,
 )
+from .tiling import TileGrid, Tiling, tile_spans, tile_weights, tiled_map
 from .transparent_vae_decoder import TTA_VIEWS, TransparentVAEDecoder
 from .transparent_vae_encoder import TransparentVAEEncoder
 from .weight_patches import (
@@ -57,6 +58,8 @@ __all__ = [
     "SDXLLayerHandle",
     "SDXLLayerKind",
     "SDXLUNetLayout",
+    "TileGrid",
+    "Tiling",
     "TransparentVAEDecoder",
     "TransparentVAEEncoder",
     "attach_sd15_layer_model",
@@ -77,5 +80,8 @@ __all__ = [
     "read_layout",
     "read_unet_layout",
     "released_key_shapes",
+    "tile_spans",
+    "tile_weights",
+    "tiled_map",
     "use_reduction_group_norm",
 ]

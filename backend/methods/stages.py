@@ -1,7 +1,9 @@
 """The stages the methods are made of: prompts, VAE, transparent decode and encode.
 
 Each takes the `ModelSet` and plain tensors or uint8 arrays, so a method reads as
-a list of these calls (style rule 12).
+a list of these calls (style rule 12). The VAE and the transparent decoder and encoder
+work in overlapping tiles when the image would not fit (`models.tiling`), so a 4096²
+layer's memory is bounded by its tile's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 
 from protocol import LayerRole
 
-from ..layerdiffuse import decoder_output_to_rgba, encoder_input
+from ..layerdiffuse import decoder_output_to_rgba, encoder_input, tiled_map
 from ..model_set import ModelSet
 from .framing import Framing
 from .prompts import encode_prompts, encode_prompts_sdxl
@@ -20,6 +22,22 @@ from .sizing import composite_on_gray, to_uint8
 
 # The original composites img2img sources on (127, 127, 127) before the VAE.
 IMG2IMG_GRAY = 127 / 255
+
+# Peak memory of one image row of each pass in float16, per image pixel: estimates from
+# the activations alive at full resolution (the SD VAE's last decoder level holds 128 to
+# 256 channels at once; the encoder's first, 128), and performance.md §4's measured ~830
+# bytes per view for the transparent decoder. Above the free memory they allow, tiles.
+VAE_DECODE_BYTES = 2400
+VAE_ENCODE_BYTES = 1600
+TRANSPARENT_DECODE_BYTES = 900
+TRANSPARENT_ENCODE_BYTES = 400
+
+
+def _in_tiles(models: ModelSet, image: torch.Tensor, scale: int, bytes_per_pixel: int) -> bool:
+    """Whether a pass over `image` ((B, C, H, W) at `scale` pixels per latent pixel) tiles."""
+    rows, height, width = image.shape[0], image.shape[-2] * 8 // scale, image.shape[-1] * 8 // scale
+    cost = rows * bytes_per_pixel * image.element_size() / 2
+    return models.tiling.tiles(height * width, cost, models.device)
 
 
 def encode_text(
@@ -91,8 +109,24 @@ def encode_condition(models: ModelSet, image: np.ndarray) -> torch.Tensor:
     vae = models.base.vae
     on_gray = composite_on_gray(image)
     vae_input = torch.from_numpy(on_gray * 2.0 - 1.0).movedim(-1, 0)[None]
-    latents = vae.encode(vae_input.to(device=models.device, dtype=vae.dtype)).latent_dist.mean
+    latents = _vae_encode(models, vae_input.to(device=models.device, dtype=vae.dtype))[0]
     return (latents * vae.config.scaling_factor).to(models.dtype)
+
+
+def _vae_encode(models: ModelSet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of (B, 3, H, W) in [-1, 1], in tiles if large."""
+    vae = models.base.vae
+
+    def encode(crop: torch.Tensor) -> torch.Tensor:
+        posterior = vae.encode(crop).latent_dist
+        return torch.cat([posterior.mean, posterior.std], dim=1)
+
+    if _in_tiles(models, image, 8, VAE_ENCODE_BYTES):
+        both = tiled_map(encode, [(image, 8)], output_scale=1, grid=models.tiling.grid())
+    else:
+        both = encode(image)
+    mean, std = both.chunk(2, dim=1)
+    return mean, std
 
 
 def condition_latents(models: ModelSet, images: list[np.ndarray]) -> torch.Tensor:
@@ -106,7 +140,14 @@ def vae_decode(models: ModelSet, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) → images (B, 3, 8h, 8w) in [0, 1]."""
     vae = models.base.vae
     scaled = latents.to(dtype=vae.dtype) / vae.config.scaling_factor
-    decoded = vae.decode(scaled).sample
+
+    def decode(crop: torch.Tensor) -> torch.Tensor:
+        return vae.decode(crop).sample
+
+    if _in_tiles(models, scaled, 1, VAE_DECODE_BYTES):
+        decoded = tiled_map(decode, [(scaled, 1)], output_scale=8, grid=models.tiling.grid())
+    else:
+        decoded = decode(scaled)
     return (decoded / 2 + 0.5).clamp(0, 1)
 
 
@@ -125,8 +166,14 @@ def transparent_decode(
     """
     decoder = models.transparent_decoder()
     dtype = next(decoder.parameters()).dtype
-    unscaled = latents / models.base.vae.config.scaling_factor
-    output = decoder.estimate_augmented(pixels.to(dtype), unscaled.to(dtype))
+    unscaled = (latents / models.base.vae.config.scaling_factor).to(dtype)
+    pixels = pixels.to(dtype)
+    if _in_tiles(models, pixels, 8, TRANSPARENT_DECODE_BYTES):
+        inputs = [(pixels, 8), (unscaled, 1)]
+        grid = models.tiling.grid()
+        output = tiled_map(decoder.estimate_augmented, inputs, output_scale=8, grid=grid)
+    else:
+        output = decoder.estimate_augmented(pixels, unscaled)
     return decoder_output_to_rgba(output)
 
 
@@ -155,12 +202,16 @@ def encode_transparent_source(models: ModelSet, rgba: np.ndarray) -> torch.Tenso
     alpha = image[..., 3:]
     on_gray = image[..., :3] * alpha + IMG2IMG_GRAY * (1.0 - alpha)
     vae_input = torch.from_numpy(on_gray * 2.0 - 1.0).movedim(-1, 0)[None]
-    posterior = vae.encode(vae_input.to(device=models.device, dtype=vae.dtype)).latent_dist
+    mean, std = _vae_encode(models, vae_input.to(device=models.device, dtype=vae.dtype))
 
     encoder, offset_scale = models.transparent_encoder()
     weight = next(encoder.parameters())
-    offset = encoder(encoder_input(rgba).to(device=weight.device, dtype=weight.dtype))
-    latents = posterior.mean + posterior.std * (offset * offset_scale).to(posterior.mean.dtype)
+    encoded = encoder_input(rgba).to(device=weight.device, dtype=weight.dtype)
+    if _in_tiles(models, encoded, 8, TRANSPARENT_ENCODE_BYTES):
+        offset = tiled_map(encoder, [(encoded, 8)], output_scale=1, grid=models.tiling.grid())
+    else:
+        offset = encoder(encoded)
+    latents = mean + std * (offset * offset_scale).to(mean.dtype)
     return (latents * vae.config.scaling_factor).to(models.dtype)
 
 
