@@ -553,7 +553,7 @@ def _add_bench(commands: Any) -> None:
         type=_stages,
         default=None,
         help=f"comma-separated, of {', '.join(BENCH_STAGES)} "
-        "(default: all but demo on CUDA; decoder and transport on a CPU)",
+        "(default: all but demo and cluster on CUDA; decoder and transport on a CPU)",
     )
     bench.add_argument(
         "--json", type=_new_file, metavar="FILE", help="also write the report as JSON"

@@ -11,7 +11,9 @@ from .report import BenchReport, Timing
 from .transport import bench_transport
 from .unets import bench_sd15, bench_sdxl
 
-STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo")
+STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo", "cluster")
+ON_REQUEST = ("demo", "cluster")
+"""Stages run only when asked for (the cluster one needs Ray: pip install -e '.[cluster]')."""
 
 
 def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
@@ -44,15 +46,17 @@ def run_bench(
             "sdxl" (text, UNet step with each layer model, VAE), "methods" /
             "sdxl_methods" (whole jobs), "transport" (a 4096² layer over loopback, raw vs
             PNG), "demo" (the quick start's demo job stage by stage, and the whole
-            command); None: all but "demo" on CUDA, the decoder and the transport on a
-            CPU (real-size models on a CPU take minutes).
+            command), "cluster" (demo jobs through one machine's server and through a
+            local Ray cluster); None: all but "demo" and "cluster" on CUDA, the decoder
+            and the transport on a CPU (real-size models on a CPU take minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
     side = size or (1024 if cuda else 128)
     if stages is None:
-        stages = STAGES[:-1] if cuda else ("decoder", "transport")
+        on_cuda = tuple(stage for stage in STAGES if stage not in ON_REQUEST)
+        stages = on_cuda if cuda else ("decoder", "transport")
     name = torch.cuda.get_device_name(target) if cuda else "cpu"
     report = BenchReport(name, str(torch_dtype).removeprefix("torch."), side, torch.__version__)
     if "decoder" in stages:
@@ -65,6 +69,10 @@ def run_bench(
         bench_transport_stage(report, repeat)
     if "demo" in stages:
         bench_demo(report, target, repeat, size or 512)
+    if "cluster" in stages:
+        from .cluster import bench_cluster  # imports Ray
+
+        bench_cluster(report, target, repeat)
     if "methods" in stages:
         if cuda:
             bench_sd15_jobs(report, target, torch_dtype, repeat)
