@@ -53,6 +53,7 @@ from .flags import (
     typed_flag,
 )
 from .outputs import FILE_OVERHEAD_BYTES, OutputFile, check_output_folder, write_files
+from .startup import importing_libraries
 
 if TYPE_CHECKING:
     import numpy as np
@@ -624,9 +625,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError(f"{typed_flag(args, 'output', '--output')}: {error}") from None
 
     # 2. The models, then the work.
-    from .methods.registry import check_request, run_method
-    from .methods.request import GenerationRequest
-    from .store.model_sets import open_model_set
+    with importing_libraries():
+        from .methods.registry import check_request, run_method
+        from .methods.request import GenerationRequest
+        from .store.model_sets import open_model_set
 
     request = GenerationRequest(
         **{name: getattr(parameters, name) for name in PARAMETERS}, inputs=inputs
@@ -849,7 +851,8 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from .server.serve import run_server
+    with importing_libraries():
+        from .server.serve import run_server
 
     _quiet_libraries()
     cluster = None
@@ -1094,7 +1097,8 @@ class _ByteProgress:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    with importing_libraries():
+        from .bench import run_bench
 
     _quiet_libraries()
     report = run_bench(

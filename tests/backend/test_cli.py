@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
@@ -126,6 +127,19 @@ def test_generate_never_overwrites_a_file(
     ]
     assert first.read_bytes() == b"keep me"
     assert len(list(tmp_path.iterdir())) == 4
+
+
+@pytest.mark.usefixtures("demo_xdg_cache")
+def test_generate_imports_the_libraries_then_keeps_them_out_of_collections(
+    tmp_path: Path,
+) -> None:
+    """With the collector off while torch and diffusers load, then frozen (backend.startup)."""
+    gc.unfreeze()
+    try:
+        assert _generate(tmp_path) == 0
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.usefixtures("demo_xdg_cache")
