@@ -181,11 +181,19 @@ class Tiling:
         tile: a tile's side in image pixels, a multiple of 64.
         overlap: the pixels neighbouring tiles share at least, a multiple of 64, at most
             half a tile.
+        unet_above: the UNet predicts in tiles (blended, every step) when the generation
+            exceeds this many times the model's native area (512² SD1.5, 1024² SDXL):
+            beyond it a whole pass stops fitting a 24 GB card and its attention grows with
+            the square of the area. 0 always tiles.
+        unet_tile: the UNet's tile side in image pixels, a multiple of 64; None: the
+            model's native side. Its tiles overlap by a quarter of a tile.
     """
 
     above_pixels: int | None = None
     tile: int = 1024
     overlap: int = 128
+    unet_above: float = 4.0
+    unet_tile: int | None = None
 
     def __post_init__(self) -> None:
         self.grid()  # checks the sizes
@@ -196,6 +204,16 @@ class Tiling:
             if getattr(self, name) % 64:
                 raise ValueError(f"tiling {name} {getattr(self, name)} is not a multiple of 64")
         return TileGrid(self.tile // 8, self.overlap // 8, multiple=8)
+
+    def unet_grid(self, width: int, height: int, native_area: int) -> TileGrid | None:
+        """The UNet's tiles for a generation of `width` × `height`, or None to run it whole."""
+        if width * height <= self.unet_above * native_area:
+            return None
+        side = self.unet_tile or math.isqrt(native_area)
+        if side % 64:
+            raise ValueError(f"tiling unet_tile {side} is not a multiple of 64")
+        units = side // 8
+        return TileGrid(units, max(8, units // 4 // 8 * 8), multiple=8)
 
     def tiles(self, pixels: int, bytes_per_pixel: float, device: torch.device) -> bool:
         """Whether an image of `pixels` goes in tiles, for a pass needing about

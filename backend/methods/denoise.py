@@ -16,6 +16,7 @@ import torch
 
 from protocol import NoiseSource, Sampler
 
+from ..layerdiffuse import TileGrid, tiled_map
 from .samplers import SAMPLERS_WITH_NOISE
 from .schedule import plan_schedule
 
@@ -33,6 +34,25 @@ class StepCallback(Protocol):
 
 def no_progress(step: int, total: int, latents: torch.Tensor) -> None:
     """A `StepCallback` that does nothing."""
+
+
+@dataclass(frozen=True)
+class UNetTiles:
+    """The UNet's prediction computed on overlapping tiles of the sample and blended
+    (`layerdiffuse.tiled_map`), every step, for generations too large to run whole.
+
+    Attributes:
+        grid: the tiles, on the latent grid.
+        conditions: spatial inputs of the layer model, cropped like the sample: (tensor,
+            pixels per latent pixel), e.g. SDXL's condition latents (1) or SD1.5's control
+            image (8).
+        prepare: called with each tile's crops of `conditions` before its UNet call
+            (sets the layer model's condition or control for that tile).
+    """
+
+    grid: TileGrid
+    conditions: tuple[tuple[torch.Tensor, int], ...] = ()
+    prepare: Callable[..., None] | None = None
 
 
 def noise_device(source: NoiseSource, device: torch.device) -> torch.device:
@@ -99,6 +119,7 @@ def denoise(
     added_conditions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     layer_context: torch.Tensor | None = None,
     keep: KeptLatents | None = None,
+    tiles: UNetTiles | None = None,
 ) -> torch.Tensor:
     """Run the sampler.
 
@@ -124,6 +145,8 @@ def denoise(
         keep: latents kept outside a selection (`masking`): before every UNet call the
             sample there is `keep.latents` noised with `noise` to that call's timestep
             (the scheduler's own `add_noise`), and after the last step `keep.latents`.
+        tiles: compute each UNet prediction on these tiles (the scheduler steps the
+            whole sample), or None for one call.
 
     Returns:
         (B, 4, h, w) denoised latents, scaled (divide by the VAE's scaling factor to decode).
@@ -166,9 +189,7 @@ def denoise(
         model_input = torch.cat([sample, sample]) if guided else sample
         model_input = scheduler.scale_model_input(model_input, timestep)
         step_context = full_layer_context if layer_model_on else full_context
-        prediction = unet(
-            model_input, timestep, encoder_hidden_states=step_context, **unet_kwargs
-        ).sample
+        prediction = _predict(unet, model_input, timestep, step_context, unet_kwargs, tiles)
         if guided:
             negative, positive = prediction.chunk(2)
             prediction = negative + cfg_scale * (positive - negative)
@@ -177,6 +198,27 @@ def denoise(
     if keep is not None:
         sample = keep.blend(sample, keep.latents)
     return sample
+
+
+def _predict(
+    unet: torch.nn.Module,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor,
+    context: torch.Tensor,
+    unet_kwargs: dict[str, Any],
+    tiles: UNetTiles | None,
+) -> torch.Tensor:
+    """The UNet's prediction for the whole sample: in one call, or tile by tile."""
+
+    def predict(crop: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+        if tiles is not None and tiles.prepare is not None:
+            tiles.prepare(*conditions)
+        return unet(crop, timestep, encoder_hidden_states=context, **unet_kwargs).sample
+
+    if tiles is None:
+        return predict(model_input)
+    inputs = [(model_input, 1), *tiles.conditions]
+    return tiled_map(predict, inputs, output_scale=1, grid=tiles.grid)
 
 
 @dataclass(frozen=True)
@@ -207,6 +249,7 @@ def sample_passes(
     use_layer_model: Callable[[bool], None],
     source: torch.Tensor | None = None,
     keep: KeptLatents | None = None,
+    tiles: UNetTiles | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Run the request's `batch_count` passes of `rows` rows; yield each pass's seeds and latents.
 
@@ -222,6 +265,7 @@ def sample_passes(
         source: (1, 4, h, w) scaled img2img latents for every row, or one per row of
             a result's frames, (frames, 4, h, w), repeated for each result; or None.
         keep: latents kept outside a selection, one row per frame of a result, or None.
+        tiles: the UNet's tiles for a generation too large to predict whole, or None.
     """
     width, height = size
     if source is not None:
@@ -260,6 +304,7 @@ def sample_passes(
             added_conditions=conditioning.added_conditions,
             layer_context=conditioning.layer_context,
             keep=keep,
+            tiles=tiles,
         )
         yield seeds, latents
 

@@ -10,6 +10,7 @@ import json
 
 from protocol import METHOD_SPECS, SECOND_STEP_METHODS, LayerRole, NoiseSource
 
+from .hires import has_second_pass
 from .request import GenerationRequest
 
 VERSION = "krita-layerdiffuse 0.1.0"
@@ -51,6 +52,9 @@ def format_parameters(
     ]
     if LayerRole.FOREGROUND in request.inputs and LayerRole.FOREGROUND in spec.optional_inputs:
         fields.append(("Denoising strength", _number(request.denoise_strength)))
+    if has_second_pass(request):  # A1111's hires fix writes its resize and strength
+        fields.append(("Hires resize", f"{request.width}x{request.height}"))
+        fields.append(("Hires strength", _number(request.hires_strength)))
     if request.noise_source is NoiseSource.CPU:
         fields.append(("RNG", "CPU"))  # A1111 writes it when not its default, GPU
     fields += [
@@ -60,6 +64,8 @@ def format_parameters(
         ("layerdiffusion_ending_step", _number(request.ending_step)),
     ]
     fields += [(key, role in request.inputs) for role, key in _IMAGE_KEYS.items()]
+    if LayerRole.MASK in request.inputs:
+        fields.append(("layerdiffusion_mask", True))  # ours: a selection shaped it
     fields.append(("layerdiffusion_resize_mode", request.resize_mode.label))
     if spec.family.value == "sd15":
         fields += [

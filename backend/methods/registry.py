@@ -8,6 +8,7 @@ from ..errors import InvalidRequest
 from ..model_set import ModelSet
 from . import sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
 from .denoise import StepCallback, no_progress
+from .hires import has_second_pass, run_two_passes
 from .masking import apply_mask
 from .request import GenerationRequest, GenerationResult, MethodRunner
 
@@ -61,6 +62,10 @@ def check_request(request: GenerationRequest, models: ModelSet | None = None) ->
 def run_method(
     request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
 ) -> GenerationResult:
-    """Check the request, then run its method; a selection shapes the results."""
+    """Check the request, then run its method, in two passes for a canvas larger than the
+    native area (`hires`); a selection shapes the results."""
     check_request(request, models)
-    return apply_mask(request, METHOD_RUNNERS[request.method](request, models, on_step))
+    runner = METHOD_RUNNERS[request.method]
+    if has_second_pass(request):
+        return run_two_passes(runner, request, models, on_step)
+    return apply_mask(request, runner(request, models, on_step))

@@ -15,7 +15,7 @@ import torch
 from protocol import LayerRole
 
 from ..model_set import ModelSet
-from .denoise import Conditioning, StepCallback, sample_passes
+from .denoise import Conditioning, StepCallback, UNetTiles, sample_passes
 from .framing import Framing, framing_for
 from .masking import kept_latents
 from .prompts import layer_prompt
@@ -86,11 +86,17 @@ def run_frames(
     keep = kept_latents(models, request, framing, frame_roles)
 
     # 4. The layer model, with its control image; the UNet is restored whatever happens.
+    #    Above 4 native areas (`models.tiling`) the UNet predicts in blended tiles.
     images: list[dict[LayerRole, np.ndarray]] = []
     seeds: list[int] = []
+    grid = models.tiling.unet_grid(width, height, NATIVE_AREA)
     with models.sd15_layer_model(layer_file) as handle:
+        tiles = None if grid is None else UNetTiles(grid)
         if control_role is not None:
-            handle.set_control(control_image(request, control_role, framing))
+            control = control_image(request, control_role, framing)
+            handle.set_control(control)
+            if grid is not None:  # each tile's UNet call sees its part of the control image
+                tiles = UNetTiles(grid, ((control, 8),), handle.set_control)
         conditioning = Conditioning(context, uncond, layer_context=layer_context)
         passes = sample_passes(
             request,
@@ -102,6 +108,7 @@ def run_frames(
             use_layer_model=handle.set_active,
             source=source,
             keep=keep,
+            tiles=tiles,
         )
         # 5. Each pass: one seed per row, consecutive across the job.
         for pass_seeds, latents in passes:

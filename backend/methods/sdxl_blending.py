@@ -138,8 +138,8 @@ def _two_steps(
     # One progress bar over both steps: step 1 runs every result in batch_count passes,
     # step 2 one pass per result, each pass as many UNet calls as its sampler makes.
     config = models.base.scheduler_config
-    first_calls = _calls(request.sampler, config, request.steps)
-    second_calls = _calls(settings.sampler, config, request.steps)
+    first_calls = _calls(request, request.sampler, config)
+    second_calls = _calls(request, settings.sampler, config)
     step_1_total = request.batch_count * first_calls
     total = step_1_total + request.image_count * second_calls
 
@@ -191,6 +191,14 @@ def _two_steps(
     return GenerationResult(images=images, seeds=seeds, generation_size=framing.generation_size)
 
 
-def _calls(sampler: Sampler, scheduler_config: dict[str, Any], steps: int) -> int:
-    """UNet calls of one txt2img pass of `steps` with `sampler`."""
-    return len(plan_schedule(sampler, scheduler_config, steps, img2img=False).timesteps)
+def _calls(request: GenerationRequest, sampler: Sampler, scheduler_config: dict[str, Any]) -> int:
+    """UNet calls of one pass of the request's steps with `sampler`: txt2img, or the img2img
+    of a second pass (`request.refine`) at its strength."""
+    schedule = plan_schedule(
+        sampler,
+        scheduler_config,
+        request.steps,
+        img2img=bool(request.refine),
+        strength=request.denoise_strength,
+    )
+    return len(schedule.timesteps)

@@ -15,7 +15,7 @@ from protocol import LayerRole
 
 from ..layerdiffuse import attach_sdxl_layer_model
 from ..model_set import ModelSet
-from .denoise import Conditioning, StepCallback, sample_passes
+from .denoise import Conditioning, StepCallback, UNetTiles, sample_passes
 from .framing import Framing, framing_for
 from .masking import kept_latents
 from .request import GenerationRequest, GenerationResult
@@ -122,14 +122,20 @@ def sample_layer_file(
         source = refined_sources(models, request, framing, (output,))
     keep = kept_latents(models, request, framing, (output,))
 
-    # 4. Merge the layer file; the file itself stays in host memory.
+    # 4. Merge the layer file; the file itself stays in host memory. Above 4 native areas
+    #    (`models.tiling`) the UNet predicts in blended tiles.
     state = models.layer_state_dict(layer_file, on_device=False)
     handle = attach_sdxl_layer_model(models.base.unet, state, weight=request.weight)
     layers: list[np.ndarray] = []
     seeds: list[int] = []
+    grid = models.tiling.unet_grid(width, height, NATIVE_AREA)
     try:
+        tiles = None if grid is None else UNetTiles(grid)
         if conditions:
-            handle.set_condition(condition_latents(models, conditions))
+            condition = condition_latents(models, conditions)
+            handle.set_condition(condition)
+            if grid is not None:  # each tile's UNet call sees its part of the condition
+                tiles = UNetTiles(grid, ((condition, 1),), handle.set_condition)
         passes = sample_passes(
             request,
             models,
@@ -140,6 +146,7 @@ def sample_layer_file(
             use_layer_model=handle.set_active,
             source=source,
             keep=keep,
+            tiles=tiles,
         )
         for batch_seeds, latents in passes:
             # 5. Decode: the SD VAE, then the transparent decoder where the layer has alpha.

@@ -242,9 +242,10 @@ def img2img_source(
     models: ModelSet, request: GenerationRequest, framing: Framing
 ) -> torch.Tensor | None:
     """A transparent method's img2img source: its foreground input mapped into the
-    generation (`Framing.input_at_generation`) and encoded as above; None for txt2img.
+    generation (`Framing.input_at_generation`) and encoded as above; None for txt2img,
+    and for a second pass, which starts from its first pass's layers instead.
     """
     rgba = request.inputs.get(LayerRole.FOREGROUND)
-    if rgba is None:
+    if rgba is None or request.refine:
         return None
     return encode_transparent_source(models, framing.input_at_generation(rgba, request.resize_mode))

@@ -12,6 +12,7 @@ from backend.methods.request import GenerationRequest
 from protocol import LayerRole, Method, NoiseSource, ResizeMode, Sampler
 
 FG, BG, BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+MASK = LayerRole.MASK
 
 # The seed README's SD1.5 sanity check ("### SD1.5"), as the original extension wrote it.
 README_PARAMETERS = (
@@ -178,3 +179,13 @@ def test_numbers_are_written_without_trailing_zeros(
     settings = _settings(format_parameters(request, 1, "m", (512, 512)))
     assert written[0] in settings
     assert f"layerdiffusion_{written[1]}" in settings
+
+
+def test_a_second_pass_writes_its_resize_and_strength_and_a_mask_is_marked() -> None:
+    mask = np.zeros((640, 640, 4), dtype=np.uint8)
+    request = _sanity_check_request(width=640, height=640, hires_strength=0.4, inputs={MASK: mask})
+    settings = _settings(format_parameters(request, 12345, "m", (640, 640)))
+    assert "Size: 640x640, Model: m, Hires resize: 640x640, Hires strength: 0.4, " in settings
+    assert "layerdiffusion_blend_image: False, layerdiffusion_mask: True, " in settings
+    plain = _settings(format_parameters(_sanity_check_request(), 12345, "m", (512, 512)))
+    assert "Hires" not in plain and "mask" not in plain
