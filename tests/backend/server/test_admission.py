@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.config import ServerConfig
 from backend.server.admission import Admission, address_key
-from protocol import CloseCode, ErrorReceived, JobAccepted, JobStatus, ResultReceived
+from protocol import CloseCode, ErrorReceived, Hires, JobAccepted, JobStatus, ResultReceived
 
 from .conftest import ProtocolClient, RunningServer
 
@@ -280,7 +280,9 @@ def test_a_client_slow_to_read_its_result_is_not_closed_as_idle(with_server) -> 
         async with server.client(max_queue=1) as client:
             await client.hello()
             session = server.server.queue.sessions[client.welcome.session]
-            await client.submit("big", width=2048, height=2048, steps=1, fit_to_native=True)
+            await client.submit(
+                "big", width=2048, height=2048, steps=1, fit_to_native=True, hires=Hires.OFF
+            )
             while "big" not in session.jobs:
                 await asyncio.sleep(0.02)
             job = session.jobs["big"]

@@ -344,7 +344,11 @@ def krita_responsive_run(
     backend = start_demo_server(folder / "backend", nice=10)
     try:
         yield run_krita(
-            folder, plugin_zip, backend, "responsive", {"steps": "10", "fit_to_native": "true"}
+            folder,
+            plugin_zip,
+            backend,
+            "responsive",
+            {"steps": "10", "fit_to_native": "true", "hires": "off"},
         )
     finally:
         backend.stop()
