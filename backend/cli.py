@@ -30,6 +30,7 @@ from protocol import (
     METHOD_SPECS,
     PARAMETERS,
     GenerationParameters,
+    Hires,
     InvalidParameter,
     LayerRole,
     Method,
@@ -38,6 +39,7 @@ from protocol import (
     ResizeMode,
     Sampler,
     check_input_roles,
+    check_mask_size,
     check_parameters,
 )
 
@@ -122,6 +124,9 @@ _FLAGS = {
     "second_negative_prompt": "--second-negative-prompt",
     "second_sampler": "--second-sampler",
     "second_ending_step": "--second-stop-at",
+    "hires": "--hires",
+    "hires_strength": "--hires-strength",
+    "inputs.mask": "--mask",
 }
 _ROLE_FLAGS = {
     LayerRole.FOREGROUND: ("foreground", "fg_prompt"),
@@ -259,6 +264,17 @@ def _add_generate(commands: Any) -> None:
         "--second-stop-at",
         field="second_ending_step",
         help=step_2 + "its Stop At, unset: 0.5 for a background, 1 for a foreground",
+    )
+    parameter_flag(generate, "--hires", field="hires")
+    parameter_flag(generate, "--hires-strength", field="hires_strength")
+    path_flag(
+        generate,
+        "--mask",
+        dest="mask",
+        metavar="PNG",
+        help="the selection, at -W x -H: its alpha (an image without alpha: its "
+        "luminance), 0 outside, 255 inside, soft edges kept; results are shaped by it and "
+        "the blend outside it is the scene input (any method)",
     )
     path_flag(
         generate,
@@ -465,6 +481,30 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         default="auto",
         help="compute precision, auto being float16 on a GPU and float32 on a CPU",
     )
+    number_flag(
+        parser,
+        "--tile-above",
+        dest="tile_above",
+        low=0,
+        high=None,
+        default=None,
+        metavar="PIXELS",
+        help="decode and encode an image of more pixels than this in overlapping tiles "
+        "(the VAE, the transparent decoder and encoder); 0 always (default: when it would "
+        "not fit half the free CUDA memory, above 2 MP off CUDA"
+        + ("; not with --cluster)" if serve else ")"),
+    )
+    number_flag(
+        parser,
+        "--tile-size",
+        dest="tile_size",
+        low=256,
+        high=4096,
+        multiple_of=64,
+        default=1024,
+        metavar="PIXELS",
+        help="the side of those tiles, which overlap by 128 pixels",
+    )
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -618,7 +658,16 @@ def _generate(args: argparse.Namespace) -> int:
             f"--demo {args.demo}: {parameters.method.value} runs on {family.value} models; "
             f"give --demo {family.value}, or a method of the {args.demo} family"
         )
-    inputs = {role: _read_rgba(flag, path) for role, (flag, path) in sources.items()}
+    inputs = {
+        role: _read_rgba(flag, path, mask=role is LayerRole.MASK)
+        for role, (flag, path) in sources.items()
+    }
+    if LayerRole.MASK in inputs:
+        height, width = inputs[LayerRole.MASK].shape[:2]
+        try:
+            check_mask_size(parameters, width, height, label)
+        except InvalidParameter as error:
+            raise UsageError(str(error)) from None
     try:
         check_output_folder(args.output, _output_bytes(parameters))
     except OutputError as error:
@@ -647,6 +696,7 @@ def _generate(args: argparse.Namespace) -> int:
     )
     if models.is_demo:
         _say("using the demo model set: tiny random models, so the pictures are noise")
+    models.tiling = _tiling(args)
     check_request(request, models)
     progress = _ProgressBar()
     result = run_method(request, models, progress)
@@ -656,6 +706,13 @@ def _generate(args: argparse.Namespace) -> int:
         print(path)
     _say(f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
+
+
+def _tiling(args: argparse.Namespace) -> Any:
+    """`--tile-above` and `--tile-size` as the model set's `Tiling`."""
+    from .layerdiffuse import Tiling
+
+    return Tiling(above_pixels=args.tile_above, tile=args.tile_size)
 
 
 def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
@@ -685,6 +742,8 @@ def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
         second_ending_step=None
         if args.second_ending_step is None
         else float(args.second_ending_step),
+        hires=Hires(args.hires),
+        hires_strength=float(args.hires_strength),
     )
 
 
@@ -714,10 +773,14 @@ def _input_paths(args: argparse.Namespace) -> dict[LayerRole, tuple[str, Path]]:
         path = getattr(args, dest)
         if path is not None:
             paths[role] = (f"--{dest}", path)
+    if args.mask is not None:
+        paths[LayerRole.MASK] = (typed_flag(args, "mask", "--mask"), args.mask)
     return paths
 
 
-def _read_rgba(flag: str, path: Path) -> np.ndarray:
+def _read_rgba(flag: str, path: Path, mask: bool = False) -> np.ndarray:
+    """An input PNG as (H, W, 4) uint8 straight RGBA; with `mask`, an RGBA image whose
+    alpha is the selection: the PNG's alpha, or for an image without one its luminance."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -728,7 +791,13 @@ def _read_rgba(flag: str, path: Path) -> np.ndarray:
                 raise UsageError(
                     f"{flag}: {path} is {width}x{height}, sides must be 1..{MAX_INPUT_SIDE}"
                 )
-            return np.asarray(image.convert("RGBA")).copy()
+            if not mask:
+                return np.asarray(image.convert("RGBA")).copy()
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            selection = image.convert("RGBA").getchannel("A") if has_alpha else image.convert("L")
+            rgba = np.zeros((height, width, 4), dtype=np.uint8)
+            rgba[..., 3] = np.asarray(selection)
+            return rgba
     except (OSError, UnidentifiedImageError) as error:
         raise UsageError(f"{flag}: cannot read {path}: {error}") from None
 
@@ -868,6 +937,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=config.device,
             dtype=config.dtype,
         )
+        models.tiling = _tiling(args)
         executor = None
         demo = models.is_demo
     else:
