@@ -102,8 +102,9 @@ Scenario = Callable[[RunningServer, "ClusterExecutor"], Awaitable[None]]
 
 @pytest.fixture
 def with_gateway(healthy_cluster: Cluster) -> Callable[..., None]:
-    """`with_gateway(scenario, **executor_options)`: a gateway on port 0 in front of the
-    cluster, its executor fresh (options override `per_client`, `max_waiting`)."""
+    """`with_gateway(scenario, **options)`: a gateway on port 0 in front of the cluster,
+    its executor fresh (options override `per_client`, `max_waiting`, `board`, and
+    `config`: `ServerConfig` fields)."""
 
     def run(scenario: Scenario, **options: Any) -> None:
         from backend.cluster.executor import ClusterExecutor
@@ -116,10 +117,11 @@ def with_gateway(healthy_cluster: Cluster) -> Callable[..., None]:
             max_waiting=options.pop("max_waiting", healthy_cluster.config.max_waiting),
             board=options.pop("board", None),
         )
+        config = ServerConfig(port=0, demo=True, **options.pop("config", {}))
         assert not options, options
 
         async def main() -> None:
-            server = LayerDiffuseServer(ServerConfig(port=0, demo=True), executor=executor)
+            server = LayerDiffuseServer(config, executor=executor)
             await server.start()
             try:
                 await asyncio.wait_for(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from protocol import (
     ClientEvent,
@@ -213,6 +214,26 @@ def test_a_request_for_the_other_family_is_refused_in_words(with_gateway) -> Non
         )
 
     with_gateway(scenario)
+
+
+def test_the_gateway_keeps_the_token_and_origin_rules(with_gateway) -> None:
+    async def scenario(server: RunningServer, executor: ClusterExecutor) -> None:
+        with pytest.raises(InvalidStatus) as refused:
+            async with server.client():
+                pass
+        assert refused.value.response.status_code == 401
+        browser = {"Authorization": "Bearer s3cret"}
+        with pytest.raises(InvalidStatus) as refused:
+            async with server.client(additional_headers=browser, origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        async with server.client(additional_headers=browser) as client:
+            await client.hello()
+            await client.submit("allowed", steps=2)
+            events = await client.until_done("allowed")
+        assert done_of(events, "allowed").done.status is JobStatus.COMPLETED
+
+    with_gateway(scenario, config={"token": "s3cret"})
 
 
 def test_the_status_shows_the_gpus_the_model_and_the_queue(
