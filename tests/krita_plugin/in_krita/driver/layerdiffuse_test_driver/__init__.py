@@ -123,9 +123,14 @@ class Runner:
     def finish(self):
         self.save()
         app = Krita.instance()
-        for document in app.documents():
-            document.setModified(False)
+        # The quit is scheduled first: nothing below may keep Krita from closing (a
+        # document the scenario closed can still be listed, and raise when touched).
         QTimer.singleShot(300, lambda: app.action("file_quit").trigger())
+        for document in app.documents():
+            try:
+                document.setModified(False)
+            except Exception:
+                traceback.print_exc()
 
 
 # Helpers -------------------------------------------------------------------------------------
