@@ -82,6 +82,7 @@ BENCH_STAGES = (
     "transport",
     "demo",
     "cluster",
+    "hires",
 )
 """`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
 
@@ -594,7 +595,7 @@ def _add_bench(commands: Any) -> None:
         type=_stages,
         default=None,
         help=f"comma-separated, of {', '.join(BENCH_STAGES)} "
-        "(default: all but demo and cluster on CUDA; decoder and transport on a CPU)",
+        "(default: all but demo, cluster and hires on CUDA; decoder and transport on a CPU)",
     )
     bench.add_argument(
         "--json", type=_new_file, metavar="FILE", help="also write the report as JSON"

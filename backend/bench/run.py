@@ -11,9 +11,20 @@ from .report import BenchReport, Timing
 from .transport import bench_transport
 from .unets import bench_sd15, bench_sdxl
 
-STAGES = ("decoder", "sd15", "sdxl", "methods", "sdxl_methods", "transport", "demo", "cluster")
-ON_REQUEST = ("demo", "cluster")
-"""Stages run only when asked for (the cluster one needs Ray: pip install -e '.[cluster]')."""
+STAGES = (
+    "decoder",
+    "sd15",
+    "sdxl",
+    "methods",
+    "sdxl_methods",
+    "transport",
+    "demo",
+    "cluster",
+    "hires",
+)
+ON_REQUEST = ("demo", "cluster", "hires")
+"""Stages run only when asked for (the cluster one needs Ray: pip install -e '.[cluster]';
+the hires one takes minutes at 4096²)."""
 
 
 def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
@@ -47,8 +58,10 @@ def run_bench(
             "sdxl_methods" (whole jobs), "transport" (a 4096² layer over loopback, raw vs
             PNG), "demo" (the quick start's demo job stage by stage, and the whole
             command), "cluster" (demo jobs through one machine's server and through a
-            local Ray cluster); None: all but "demo" and "cluster" on CUDA, the decoder
-            and the transport on a CPU (real-size models on a CPU take minutes).
+            local Ray cluster), "hires" (2048² and 4096²: the decodes whole and in
+            tiles, one pass against two; `size` replaces the two sides); None: all but
+            "demo", "cluster" and "hires" on CUDA, the decoder and the transport on a CPU
+            (real-size models on a CPU take minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
@@ -73,6 +86,10 @@ def run_bench(
         from .cluster import bench_cluster  # imports Ray
 
         bench_cluster(report, target, repeat)
+    if "hires" in stages:
+        from .hires import HIRES_SIDES, bench_hires
+
+        bench_hires(report, target, torch_dtype, repeat, (size,) if size else HIRES_SIDES)
     if "methods" in stages:
         if cuda:
             bench_sd15_jobs(report, target, torch_dtype, repeat)

@@ -512,3 +512,23 @@ def test_bench_times_the_demo_job_stage_by_stage(
         (("median of 8 views at 64²", "min/max network"), "torch.median"),
     ):
         assert timings[key]["baseline"] == baseline and timings[key]["ratio"] > 0, key
+
+
+def test_bench_times_the_large_canvas_paths_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], demo_xdg_cache: Path
+) -> None:
+    """`--stages hires` at one small side (`--size`): each decode whole and in tiles, and
+    one pass against two, each tiled or second-pass row with its ratio to the first."""
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--device", "cpu", "--size", "640", "--repeat", "1", "--stages", "hires"]
+    assert main([*argv, "--json", str(report)]) == 0
+    timings = {(t["stage"], t["variant"]): t for t in json.loads(report.read_text())["timings"]}
+    tiles = "tiles of 1024², overlap 128"
+    for stage in ("VAE decode 640²", "transparent decode 640²"):
+        assert timings[(stage, "whole")]["milliseconds"] > 0
+        assert timings[(stage, tiles)]["baseline"] == "whole"
+        assert timings[(stage, tiles)]["ratio"] > 0
+    stage = "SD1.5 transparent 640², 2 steps"
+    second = timings[(stage, "two passes, the second at full size (strength 0.5)")]
+    assert second["baseline"] == "one pass near 512², scaled up" and second["ratio"] > 0
+    assert "SD1.5 transparent 640²" in capsys.readouterr().out
