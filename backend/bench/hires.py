@@ -65,22 +65,20 @@ def _bench_decodes(report: BenchReport, models: ModelSet, side: int, runs: int) 
     latents = latents.to(device=device, dtype=models.dtype)
     tiled = Tiling(above_pixels=0)
     label = f"tiles of {tiled.tile}², overlap {tiled.overlap}"
-    for stage, decode in (
-        (f"VAE decode {side}²", lambda: vae_decode(models, latents)),
-        (f"transparent decode {side}²", _transparent(models, latents)),
-    ):
-        for variant, tiling, baseline in (("whole", WHOLE, None), (label, tiled, "whole")):
-            models.tiling = tiling
-            _timed(report, stage, variant, decode, device, runs, baseline)
-    models.tiling = Tiling()
-
-
-def _transparent(models: ModelSet, latents: torch.Tensor) -> Callable[[], object]:
-    """The transparent decode of `latents`, its VAE decode made once beforehand."""
-    models.tiling = Tiling(above_pixels=0)
-    with torch.no_grad():
-        pixels = vae_decode(models, latents)
-    return lambda: transparent_decode(models, latents, pixels)
+    kept = models.tiling
+    try:
+        models.tiling = tiled  # the transparent decoder's input, made once, in tiles
+        with torch.no_grad():
+            pixels = vae_decode(models, latents)
+        for stage, decode in (
+            (f"VAE decode {side}²", lambda: vae_decode(models, latents)),
+            (f"transparent decode {side}²", lambda: transparent_decode(models, latents, pixels)),
+        ):
+            for variant, tiling, baseline in (("whole", WHOLE, None), (label, tiled, "whole")):
+                models.tiling = tiling
+                _timed(report, stage, variant, decode, device, runs, baseline)
+    finally:
+        models.tiling = kept
 
 
 def _bench_passes(report: BenchReport, models: ModelSet, side: int, runs: int, steps: int) -> None:
