@@ -14,6 +14,7 @@ the output folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -83,6 +84,7 @@ BENCH_STAGES = (
     "demo",
     "cluster",
     "hires",
+    "fewstep",
 )
 """`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
 
@@ -127,6 +129,8 @@ _FLAGS = {
     "second_ending_step": "--second-stop-at",
     "hires": "--hires",
     "hires_strength": "--hires-strength",
+    "lora": "--lora",
+    "lora_weight": "--lora-weight",
     "inputs.mask": "--mask",
 }
 _ROLE_FLAGS = {
@@ -268,6 +272,15 @@ def _add_generate(commands: Any) -> None:
     )
     parameter_flag(generate, "--hires", field="hires")
     parameter_flag(generate, "--hires-strength", field="hires_strength")
+    parameter_flag(
+        generate,
+        "--lora",
+        field="lora",
+        metavar="NAME|FILE",
+        help="a LoRA merged into the base model: a few-step one by name (its sampler, "
+        "steps and CFG apply unless given; `models list` names them) or a .safetensors file",
+    )
+    parameter_flag(generate, "--lora-weight", field="lora_weight")
     path_flag(
         generate,
         "--mask",
@@ -506,6 +519,14 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         metavar="PIXELS",
         help="the side of those tiles, which overlap by 128 pixels",
     )
+    if serve:
+        parser.add_argument(
+            "--lora-dir",
+            type=_folder,
+            metavar="FOLDER",
+            help="offer every .safetensors LoRA of this folder by its file name, besides "
+            "the few-step LoRAs of `models list` (default: none; not with --cluster)",
+        )
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -645,10 +666,11 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def _generate(args: argparse.Namespace) -> int:
     # 1. What the flags say together, and the files they name: no model needed.
-    parameters = _parameters_from(args)
+    parameters = _few_step_defaults(args, _parameters_from(args))
     label = _labeller(args)
     sources = _input_paths(args)
     family = METHOD_SPECS[parameters.method].family
+    lora_files = _lora_files(args, family)
     try:
         check_parameters(parameters, label)
         check_input_roles(parameters.method, sources, label)
@@ -694,6 +716,7 @@ def _generate(args: argparse.Namespace) -> int:
         offline=args.offline,
         device=args.device,
         dtype=args.dtype,
+        lora_files=lora_files,
     )
     if models.is_demo:
         _say("using the demo model set: tiny random models, so the pictures are noise")
@@ -745,7 +768,67 @@ def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
         else float(args.second_ending_step),
         hires=Hires(args.hires),
         hires_strength=float(args.hires_strength),
+        lora=_lora_name(args.lora),
+        lora_weight=float(args.lora_weight),
     )
+
+
+def _lora_name(value: str | None) -> str | None:
+    """A LoRA flag's name: a file's stem, or the few-step LoRA's name as given."""
+    if value is None or not value.endswith(".safetensors"):
+        return value
+    return Path(value).stem
+
+
+def _lora_files(args: argparse.Namespace, family: ModelFamily) -> dict[str, Path]:
+    """`--lora FILE` as the model set's extra LoRA file, or a few-step LoRA's name of the
+    method's family; both checked before any model loads."""
+    from .store.catalogue import FEW_STEP_LORAS
+
+    if args.lora is None:
+        return {}
+    flag = typed_flag(args, "lora", "--lora")
+    if not args.lora.endswith(".safetensors"):
+        entry = FEW_STEP_LORAS.get(args.lora)
+        names = ", ".join(n for n, e in FEW_STEP_LORAS.items() if e.family is family)
+        if entry is None:
+            raise UsageError(
+                f"{flag}: {args.lora!r} is neither a few-step LoRA of {family.value} "
+                f"({names}) nor a .safetensors file"
+            )
+        if entry.family is not family:
+            raise UsageError(
+                f"{flag}: {args.lora} is a {entry.family.value} LoRA, and the method runs on "
+                f"{family.value} models ({names})"
+            )
+        return {}
+    path = Path(args.lora)
+    if not path.is_file():
+        raise UsageError(f"{flag}: no such file: {path}")
+    return {path.stem: path}
+
+
+def _few_step_defaults(
+    args: argparse.Namespace, parameters: GenerationParameters
+) -> GenerationParameters:
+    """A few-step LoRA named by `--lora` brings its sampler, steps, CFG and weight, except
+    where a flag for them was typed."""
+    from .store.catalogue import FEW_STEP_LORAS
+
+    entry = FEW_STEP_LORAS.get(parameters.lora or "")
+    if entry is None or entry.few_step is None:
+        return parameters
+    settings = entry.few_step
+    advised = {
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "cfg_scale": settings.cfg_scale,
+        "lora_weight": settings.weight,
+    }
+    kept = {name: value for name, value in advised.items() if typed_flag(args, name, "") == ""}
+    if entry.licence is not None:
+        _say(f"{entry.name}: {entry.licence}")
+    return dataclasses.replace(parameters, **kept)
 
 
 def _labeller(args: argparse.Namespace) -> Any:
@@ -927,7 +1010,7 @@ def _serve(args: argparse.Namespace) -> int:
     _quiet_libraries()
     cluster = None
     if cluster_config is None:
-        from .store.model_sets import open_model_set
+        from .store.model_sets import lora_folder, open_model_set
 
         models = open_model_set(
             base=config.base,
@@ -937,6 +1020,7 @@ def _serve(args: argparse.Namespace) -> int:
             offline=config.offline,
             device=config.device,
             dtype=config.dtype,
+            lora_files=lora_folder(args.lora_dir) if args.lora_dir else None,
         )
         models.tiling = _tiling(args)
         executor = None
@@ -1088,11 +1172,11 @@ def _store(args: argparse.Namespace) -> ModelStore:
 
 
 def _check_names(names: list[str]) -> None:
-    from .store.catalogue import RELEASED_FILES, find_released_file
+    from .store.catalogue import CATALOGUE, find_released_file
 
     for name in names:
         try:
-            find_released_file(name, RELEASED_FILES)
+            find_released_file(name, CATALOGUE)
         except ModelNotFound as error:
             raise UsageError(f"NAME: {error}") from None
 
@@ -1119,10 +1203,11 @@ def _models_list(args: argparse.Namespace) -> int:
 def _models_download(args: argparse.Namespace) -> int:
     _check_names(args.names)
     store = _store(args)
+    # Without names, the LayerDiffuse files; a few-step LoRA only when named (GBs each).
     names = args.names or [
         entry.name
         for entry in store.catalogue.values()
-        if args.family is None or entry.family.value == args.family
+        if (args.family is None or entry.family.value == args.family) and entry.few_step is None
     ]
     for name in names:
         entry = store.entry(name)

@@ -24,6 +24,8 @@ from backend.layerdiffuse import (
     load_transparent_decoder,
     load_transparent_encoder,
 )
+from backend.loras import LoRAHandle, attach_lora
+from protocol.messages import LoRAInfo
 from protocol.methods import ModelFamily
 
 if TYPE_CHECKING:
@@ -91,6 +93,9 @@ class ModelSet:
             weights: 187 MB per frame in fp16, so 187–561 MB).
         tiling: when the VAE and the transparent decoder and encoder work in tiles (by
             default when the image would not fit the device's free memory).
+        offered_loras: the LoRAs a request may name (`use_lora`), by name: the few-step
+            LoRAs of this family, and those of a LoRA folder.
+        load_lora_file: loads a LoRA's tensors by name; None: `load_layer_file`.
     """
 
     base: BaseModel
@@ -102,6 +107,10 @@ class ModelSet:
     cached_layer_files: int = 2
     kept_layer_models: int = 1
     tiling: Tiling = field(default_factory=Tiling)
+    offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
+    load_lora_file: LayerFileLoader | None = None
+    _lora: LoRAHandle | None = field(default=None, repr=False)
+    _lora_key: tuple[str, float] | None = field(default=None, repr=False)
     _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
         default_factory=OrderedDict, repr=False
     )
@@ -167,6 +176,48 @@ class ModelSet:
                 self._layer_handles[name] = handle  # the most recently used, last
             else:
                 handle.detach()
+
+    @property
+    def lora(self) -> tuple[str, float] | None:
+        """The LoRA merged now and its weight, or None."""
+        return self._lora_key
+
+    def use_lora(self, name: str | None, weight: float = 1.0) -> None:
+        """Have `name` merged at `weight` (None or weight 0: no LoRA) for the next jobs.
+
+        Nothing happens when that is already so; otherwise the current LoRA is taken out
+        (its original tensors put back) and the new one merged. The kept SD1.5 layer
+        models go first: their per-frame weights were made from the weights beneath.
+
+        Raises:
+            ValueError: the file does not fit this model (by name or shape); the model is
+                then left with no LoRA.
+            ModelError: from the store, loading the file.
+        """
+        wanted = None if name is None or weight == 0.0 else (name, weight)
+        if wanted == self._lora_key:
+            return
+        while self._layer_handles:
+            self._layer_handles.popitem(last=False)[1].detach()
+        if self._lora is not None:
+            self._lora.detach()
+            log.info("took LoRA %s out", self._lora_key[0] if self._lora_key else "?")
+        self._lora, self._lora_key = None, None
+        if wanted is None:
+            return
+        load = self.load_lora_file or self.load_layer_file
+        self._lora = attach_lora(self._lora_targets(), load(wanted[0]), wanted[1])
+        self._lora_key = wanted
+        log.info("merged LoRA %s at %g (%s)", wanted[0], wanted[1], self._lora.patched)
+
+    def _lora_targets(self) -> dict[str, torch.nn.Module]:
+        targets: dict[str, torch.nn.Module] = {
+            "unet": self.base.unet,
+            "text_encoder": self.base.text_encoder,
+        }
+        if self.base.text_encoder_2 is not None:
+            targets["text_encoder_2"] = self.base.text_encoder_2
+        return targets
 
     def transparent_decoder(self) -> TransparentVAEDecoder:
         """This family's transparent decoder, loaded once, on the device in `dtype`."""

@@ -333,13 +333,15 @@ class BackendClient:
             raise self._job_failed(error.code.value, str(error)) from error
         job = _PendingJob(submit.job, on_progress, asyncio.get_running_loop().create_future())
         self._jobs[submit.job] = job
+        request = submit.request
         log.info(
-            "job %s: %s, %dx%d, %d input(s)",
+            "job %s: %s, %dx%d, %d input(s)%s",
             submit.job,
-            submit.request.method.value,
-            submit.request.width,
-            submit.request.height,
+            request.method.value,
+            request.width,
+            request.height,
             len(submit.inputs),
+            "" if request.lora is None else f", LoRA {request.lora} ({request.steps} steps)",
         )
         try:
             try:

@@ -10,6 +10,7 @@
      ├── NotConnected                 the backend is not connected
      ├── Busy                         a job is already running
      ├── MethodUnavailable            the backend does not offer a method the action needs
+     ├── LoRAUnavailable              the backend does not offer the Speed setting's LoRA
      ├── JobFailed                    the backend refused or failed the job (wire code)
      ├── JobCancelled                 the job was cancelled
      ├── JobLost                      the connection or the backend went away with the job
@@ -28,6 +29,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobLost",
+    "LoRAUnavailable",
     "MethodUnavailable",
     "NoActiveLayer",
     "NoDocument",
@@ -79,6 +81,17 @@ class Busy(PluginError):
 
 class MethodUnavailable(PluginError):
     """The backend does not offer what the action needs (the sentence names it)."""
+
+
+class LoRAUnavailable(PluginError):
+    """The Speed setting names a LoRA the backend does not offer (for this family)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"The backend does not offer the few-step LoRA “{name}” for this model. "
+            "Choose Full quality (or another) in Settings ▸ Speed."
+        )
+        self.name = name
 
 
 class JobFailed(PluginError):

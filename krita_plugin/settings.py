@@ -108,6 +108,15 @@ class Settings:
         default=Action.TRANSPARENT_LAYER.value,
         metadata=_spec("Make", "What the Generate button makes", choices=_ACTIONS),
     )
+    speed: str = field(
+        default="",
+        metadata=_spec(
+            "Speed",
+            "Full quality (20 steps), or a few-step LoRA the backend offers (Hyper-SD, "
+            "SDXL-Lightning, DMD2): picking one sets its steps, sampler and CFG; "
+            "LayerDiffuse's layers are at their best at full quality",
+        ),
+    )
     steps: int = field(
         default=20,
         metadata=_spec("Steps", "Sampler steps", minimum=1, maximum=150, unit="steps"),

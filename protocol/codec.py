@@ -52,6 +52,7 @@ from .messages import (
     Hello,
     JobStatus,
     LayerImage,
+    LoRAInfo,
     Message,
     ModelInfo,
     Progress,
@@ -405,6 +406,20 @@ def _read_layer_prompts(value: Any, path: str, context: _Context) -> dict[LayerR
     }
 
 
+def _lora_infos(value: Any, path: str, context: _Context) -> tuple[LoRAInfo, ...]:
+    """The offered LoRAs; from a newer-minor peer, one this side cannot read (a sampler
+    it lacks) is dropped rather than failing the whole welcome."""
+    items = _list(value, path)
+    infos = []
+    for index, item in enumerate(items):
+        try:
+            infos.append(_read_object(LoRAInfo, item, f"{path}[{index}]", context))
+        except InvalidField:
+            if not context.allow_unknown:
+                raise
+    return tuple(infos)
+
+
 # -- the schema ----------------------------------------------------------------------
 
 _text = _string(MAX_TEXT_CHARS)
@@ -422,12 +437,22 @@ _READERS: dict[type, dict[str, _Reader]] = {
     },
     LayerImage: {"role": _enum(LayerRole), "image": _image_ref},
     ModelInfo: {"name": _name, "family": _enum(ModelFamily), "demo": _read_bool},
+    LoRAInfo: {
+        "name": _name,
+        "family": _enum(ModelFamily),
+        "label": _text,
+        "sampler": _optional(_enum(Sampler)),
+        "steps": _optional(_at_least(1)),
+        "cfg_scale": _optional(_read_float),
+        "weight": _read_float,
+    },
     Capabilities: {
         "methods": _enum_tuple(Method),
         "families": _enum_tuple(ModelFamily),
         "samplers": _enum_tuple(Sampler),
         "resize_modes": _enum_tuple(ResizeMode),
         "formats": _enum_tuple(PixelFormat),
+        "loras": _lora_infos,
     },
     Limits: {field.name: _at_least(1) for field in fields(Limits)},
     ErrorInfo: {"code": _enum(ErrorCode), "message": _text},
@@ -456,6 +481,8 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "second_ending_step": _optional(_read_float),
         "hires": _enum(Hires),
         "hires_strength": _read_float,
+        "lora": _optional(_name),
+        "lora_weight": _read_float,
     },
     Hello: {"protocol": _read_version, "client": _name, "session": _optional(_name)},
     Welcome: {

@@ -31,6 +31,7 @@ __all__ = [
     "Hello",
     "JobStatus",
     "LayerImage",
+    "LoRAInfo",
     "Message",
     "ModelInfo",
     "Progress",
@@ -81,6 +82,9 @@ class GenerationParameters:
         hires: whether a request larger than the native area gets a second pass at its
             size (since 1.1).
         hires_strength: how much of the first pass the second re-noises (since 1.1).
+        lora: a LoRA the server offers (`Capabilities.loras`), merged into the base model
+            for this job, e.g. a distilled few-step LoRA; None: none (since 1.2).
+        lora_weight: the LoRA's strength (since 1.2).
     """
 
     method: Method
@@ -107,6 +111,8 @@ class GenerationParameters:
     second_ending_step: float | None = None
     hires: Hires = Hires.AUTO
     hires_strength: float = 0.5
+    lora: str | None = None
+    lora_weight: float = 1.0
 
     def check_limits(self, limits: Limits) -> None:
         """Check the parameters the limits bound: steps, result count, result size.
@@ -155,14 +161,40 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class LoRAInfo:
+    """A LoRA the server offers (since 1.2), with the settings it is made for.
+
+    Attributes:
+        name: what a request's `lora` names.
+        family: the base model family it fits; a request on another family is refused.
+        label: shown to the painter, e.g. "Hyper-SD 8 steps".
+        sampler / steps / cfg_scale / weight: what a client sets when the painter picks
+            it (a distilled LoRA is made for few steps and low guidance); null for a
+            LoRA without such advice (a style LoRA from the server's folder).
+    """
+
+    name: str
+    family: ModelFamily
+    label: str
+    sampler: Sampler | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class Capabilities:
-    """What the server can do; a client offers only these."""
+    """What the server can do; a client offers only these.
+
+    `loras` (since 1.2) are the LoRAs a request may name; a 1.1 server sends none.
+    """
 
     methods: tuple[Method, ...]
     families: tuple[ModelFamily, ...]
     samplers: tuple[Sampler, ...]
     resize_modes: tuple[ResizeMode, ...]
     formats: tuple[PixelFormat, ...]
+    loras: tuple[LoRAInfo, ...] = ()
 
 
 @dataclass(frozen=True)

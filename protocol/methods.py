@@ -67,7 +67,13 @@ class Method(str, Enum):
 
 
 class Sampler(str, Enum):
-    """Samplers, named as A1111 and Forge name them in their infotexts."""
+    """Samplers, named as A1111 and Forge name them in their infotexts.
+
+    `LCM`, `LCM_SGM_UNIFORM` and `EULER_SGM_UNIFORM` (since 1.2) are the few-step
+    samplers the distilled LoRAs are made for: LCM on its distillation schedule (LCM-LoRA),
+    LCM and Euler on evenly spaced timesteps from 999, A1111's "SGM Uniform" (DMD2;
+    SDXL-Lightning and Hyper-SD).
+    """
 
     DPMPP_2M_KARRAS = "dpmpp_2m_karras"
     DPMPP_2M_SDE_KARRAS = "dpmpp_2m_sde_karras"
@@ -75,6 +81,9 @@ class Sampler(str, Enum):
     EULER = "euler"
     UNIPC = "unipc"
     DDIM = "ddim"
+    LCM = "lcm"
+    LCM_SGM_UNIFORM = "lcm_sgm_uniform"
+    EULER_SGM_UNIFORM = "euler_sgm_uniform"
 
     @property
     def label(self) -> str:
@@ -88,6 +97,9 @@ _SAMPLER_LABELS = {
     Sampler.EULER: "Euler",
     Sampler.UNIPC: "UniPC",
     Sampler.DDIM: "DDIM",
+    Sampler.LCM: "LCM",
+    Sampler.LCM_SGM_UNIFORM: "LCM SGM Uniform",
+    Sampler.EULER_SGM_UNIFORM: "Euler SGM Uniform",
 }
 
 

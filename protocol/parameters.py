@@ -20,7 +20,7 @@ from enum import Enum
 from typing import Any, NoReturn
 
 from .errors import InvalidParameter
-from .messages import MAX_TEXT_CHARS, GenerationParameters
+from .messages import MAX_NAME_CHARS, MAX_TEXT_CHARS, GenerationParameters
 from .methods import METHOD_SPECS, Hires, LayerRole, Method, NoiseSource, ResizeMode, Sampler
 
 __all__ = [
@@ -60,8 +60,9 @@ class ParameterSpec:
         name: the field of `GenerationParameters` (and of the wire's `request`).
         meaning: what it does, one short phrase.
         default: the value a request that leaves the field out gets (None: required).
-        kind: "integer", "number" (an integer or a float), "text", "boolean",
-            "choice" (one of `choices`) or "layer prompts" ({role: text}).
+        kind: "integer", "number" (an integer or a float), "text", "name" (a text of 1
+            to `MAX_NAME_CHARS`), "boolean", "choice" (one of `choices`) or "layer
+            prompts" ({role: text}).
         low / high: the inclusive range of an integer or a number.
         choices: the values a choice takes, in the protocol's order.
         nullable: null is a value too (its default): "the method's own".
@@ -83,6 +84,8 @@ class ParameterSpec:
             return f"{self.low}..{self.high}"
         if self.kind == "text":
             return f"at most {MAX_TEXT_CHARS} characters"
+        if self.kind == "name":
+            return f"1 to {MAX_NAME_CHARS} characters"
         if self.kind == "boolean":
             return "true or false"
         if self.kind == "layer prompts":
@@ -121,6 +124,11 @@ class ParameterSpec:
                 self._refuse(f"{value} outside {self.allowed}", label)
         elif self.kind == "text" and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
             self._refuse(f"{len(value)} characters exceed {MAX_TEXT_CHARS}", label)
+        elif self.kind == "name" and isinstance(value, str):
+            if not value:
+                self._refuse("expected a name, got an empty text", label)
+            if len(value) > MAX_NAME_CHARS:
+                self._refuse(f"{len(value)} characters exceed {MAX_NAME_CHARS}", label)
 
     def _refuse(self, reason: str, label: Label) -> NoReturn:
         raise InvalidParameter(self.name, reason, shown_as=label(self.name))
@@ -204,6 +212,12 @@ _SPECS: dict[str, dict[str, Any]] = {
         0.0,
         1.0,
     ),
+    "lora": {
+        "meaning": "a LoRA of the server's `capabilities.loras` (e.g. a few-step one), "
+        "merged into the base model for the job; null: none",
+        "kind": "name",
+    },
+    "lora_weight": _number("the LoRA's strength", 0.0, 2.0),
 }
 
 SECOND_STEP_FIELDS = (
@@ -327,7 +341,7 @@ def parameter_table() -> str:
         else:
             allowed = spec.allowed
         kind = "object" if spec.kind == "layer prompts" else spec.kind.replace("text", "string")
-        kind = "string" if spec.kind == "choice" else kind
+        kind = "string" if spec.kind in ("choice", "name") else kind
         kind = f"{kind} or null" if spec.nullable else kind
         rows.append(f"| `{spec.name}` | {kind} | {default} | {allowed} | {spec.meaning} |")
     return "\n".join(rows)

@@ -12,14 +12,18 @@ from .errors import InvalidField, UnsupportedVersion, describe
 
 __all__ = ["PROTOCOL_VERSION", "check_compatible", "is_newer_minor"]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+PROTOCOL_VERSION: tuple[int, int] = (1, 2)
 """The version this package speaks, `(major, minor)`.
 
 1.1 added the optional request fields `noise_source`, `second_*`, `hires` and
 `hires_strength`; a 1.0 peer leaves them out (their defaults apply) or, talking to a 1.1
 one, ignores them. 1.1 also added the input role `mask`, which a 1.0 server refuses
 (`invalid_field`): a client sends a mask only to a server whose `welcome` says 1.1 or
-later."""
+later.
+
+1.2 added the request fields `lora` and `lora_weight`, the samplers `lcm`,
+`lcm_sgm_uniform` and `euler_sgm_uniform` (few-step mode) and `capabilities.loras`; a
+client names a LoRA or one of those samplers only if the server's `welcome` offers it."""
 
 
 def check_compatible(peer: tuple[int, int]) -> None:

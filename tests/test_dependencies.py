@@ -21,7 +21,16 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": {"protocol"},
     "backend.errors": {"protocol"},
     "backend.layerdiffuse": {"backend.layerdiffuse", "torch", "diffusers", "safetensors", "numpy"},
-    "backend.model_set": {"backend.layerdiffuse", "protocol", "torch", "diffusers", "transformers"},
+    # LoRAs merged into a base model: weight patches of the same kind as the layer files.
+    "backend.loras": {"backend.loras", "backend.layerdiffuse", "torch"},
+    "backend.model_set": {
+        "backend.layerdiffuse",
+        "backend.loras",
+        "protocol",
+        "torch",
+        "diffusers",
+        "transformers",
+    },
     "backend.methods": {
         "backend.methods",
         "backend.layerdiffuse",
@@ -37,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "backend.store": {
         "backend.store",
         "backend.layerdiffuse",
+        "backend.loras",
         "backend.model_set",
         "backend.errors",
         "protocol",
@@ -95,6 +105,7 @@ ALLOWED: dict[str, set[str]] = {
         "backend.methods",
         "backend.model_set",
         "backend.layerdiffuse",
+        "backend.loras",
         "protocol",
         "torch",
         "diffusers",

@@ -21,6 +21,7 @@ STAGES = (
     "demo",
     "cluster",
     "hires",
+    "fewstep",
 )
 ON_REQUEST = ("demo", "cluster", "hires")
 """Stages run only when asked for (the cluster one needs Ray: pip install -e '.[cluster]';
@@ -59,7 +60,8 @@ def run_bench(
             PNG), "demo" (the quick start's demo job stage by stage, and the whole
             command), "cluster" (demo jobs through one machine's server and through a
             local Ray cluster), "hires" (2048² and 4096²: the decodes whole and in
-            tiles, one pass against two; `size` replaces the two sides); None: all but
+            tiles, one pass against two; `size` replaces the two sides), "fewstep" (the
+            20-step job against each few-step LoRA, with how far the alpha moves); None: all but
             "demo", "cluster" and "hires" on CUDA, the decoder and the transport on a CPU
             (real-size models on a CPU take minutes).
     """
@@ -86,6 +88,10 @@ def run_bench(
         from .cluster import bench_cluster  # imports Ray
 
         bench_cluster(report, target, repeat)
+    if "fewstep" in stages:
+        from .fewstep import bench_few_step
+
+        bench_few_step(report, target, torch_dtype, repeat)
     if "hires" in stages:
         from .hires import HIRES_SIDES, bench_hires
 

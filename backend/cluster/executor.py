@@ -26,7 +26,7 @@ from ray.exceptions import NodeDiedError, RayActorError, TaskCancelledError, Wor
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from protocol import ErrorCode, ErrorInfo, ModelInfo, QueueFull
+from protocol import ErrorCode, ErrorInfo, LoRAInfo, ModelInfo, QueueFull
 
 from ..errors import to_wire_error
 from ..jobs.executor import JobReports
@@ -95,6 +95,9 @@ class ClusterExecutor:
     ) -> None:
         self.handle = handle
         self.model = model
+        # The replicas' LoRAs are not advertised through the gateway yet: none offered,
+        # so a request naming one is refused at the gateway, clearly.
+        self.loras: dict[str, LoRAInfo] = {}
         self.gpus = gpus
         self.max_waiting = max_waiting
         self.turns = Turns(per_client)

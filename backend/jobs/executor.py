@@ -13,9 +13,10 @@ body with the same `runner.run_job`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Protocol
 
-from protocol import ErrorInfo, ModelInfo
+from protocol import ErrorInfo, LoRAInfo, ModelInfo
 
 from ..model_set import ModelSet
 from .job import Job, JobResult, JobState
@@ -40,9 +41,11 @@ class Executor(Protocol):
 
     Attributes:
         model: the model its GPUs run (for `welcome` and for checking requests).
+        loras: the LoRAs a request may name, by name (for `welcome` and the checks).
     """
 
     model: ModelInfo
+    loras: Mapping[str, LoRAInfo]
 
     def start(self, reports: JobReports, loop: asyncio.AbstractEventLoop) -> None:
         """Begin taking jobs; reports go to `reports`, called on `loop`."""
@@ -75,6 +78,7 @@ class LocalExecutor:
     def __init__(self, models: ModelSet, preview_side: int = 128) -> None:
         self.models = models
         self.model = ModelInfo(models.base.name, models.family, models.is_demo)
+        self.loras = dict(models.offered_loras)
         self.preview_side = preview_side
         self.worker: GpuWorker | None = None
         self._order: list[Job] = []  # unfinished jobs, oldest first (the running one too)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 
-from protocol import METHOD_SPECS, JobSubmitted, Method, ModelFamily, ModelInfo
+from protocol import METHOD_SPECS, JobSubmitted, LoRAInfo, Method, ModelFamily, ModelInfo
 from protocol import InvalidRequest as WireInvalidRequest
 
 from ..errors import InvalidRequest
-from ..methods.registry import available_methods, check_request
+from ..methods.registry import available_methods, check_lora, check_request
 from ..methods.request import GenerationRequest
 from .job import Job
 from .pixels import decode_image
 
 
-def job_from_submit(event: JobSubmitted, session_id: str, model: ModelInfo) -> Job:
+def job_from_submit(
+    event: JobSubmitted,
+    session_id: str,
+    model: ModelInfo,
+    loras: Mapping[str, LoRAInfo] | None = None,
+) -> Job:
     """Decode the input images and check the request against the method and the model.
 
     Runs off the event loop (PNG decoding of a big layer takes a while). The model is
     known by its description only: in a cluster it is loaded on other machines (whose
-    replicas check the request again against the loaded model).
+    replicas check the request again against the loaded model). `loras` are the LoRAs
+    offered in `welcome`, by name.
 
     Raises:
         protocol.InvalidRequest: the parameters do not fit the method or the model
@@ -42,6 +49,7 @@ def job_from_submit(event: JobSubmitted, session_id: str, model: ModelInfo) -> J
                 f"{request.method.value} needs a {family.value} base model, "
                 f"but {model.name} is {model.family.value}",
             )
+        check_lora(request.lora, loras or {}, model.family, model.name)
     except InvalidRequest as error:
         raise WireInvalidRequest(str(error), job=submit.job) from error
     return Job(

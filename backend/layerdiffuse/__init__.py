@@ -41,9 +41,13 @@ from .transparent_vae_decoder import TTA_VIEWS, TransparentVAEDecoder
 from .transparent_vae_encoder import TransparentVAEEncoder
 from .weight_patches import (
     ConcatConvIn,
+    OriginalsPlace,
+    ParameterSwap,
     SDXLLayerHandle,
     SDXLLayerKind,
     attach_sdxl_layer_model,
+    check_patch_shapes,
+    merged_tensor,
 )
 
 __all__ = [
@@ -54,6 +58,8 @@ __all__ = [
     "DiffPatch",
     "LayerModelLayout",
     "LoRAPatch",
+    "OriginalsPlace",
+    "ParameterSwap",
     "SD15LayerHandle",
     "SDXLLayerHandle",
     "SDXLLayerKind",
@@ -65,6 +71,7 @@ __all__ = [
     "attach_sd15_layer_model",
     "attach_sdxl_layer_model",
     "build_sd15_layer_model",
+    "check_patch_shapes",
     "checkerboard",
     "checkerboard_preview",
     "decoder_output_to_rgba",
@@ -75,6 +82,7 @@ __all__ = [
     "load_safetensors",
     "load_transparent_decoder",
     "load_transparent_encoder",
+    "merged_tensor",
     "pad_rgb",
     "parse_frozen_patches",
     "read_layout",

@@ -133,8 +133,9 @@ class ConcatConvIn(nn.Conv2d):
 
 
 @dataclass
-class _Swap:
-    """One parameter slot and the two tensors that take turns in it."""
+class ParameterSwap:
+    """One parameter slot and the two tensors that take turns in it (the SDXL layer files
+    here, any LoRA in `backend.loras`)."""
 
     module: nn.Module
     name: str
@@ -165,7 +166,7 @@ class SDXLLayerHandle:
         self,
         unet: nn.Module,
         kind: SDXLLayerKind,
-        swaps: list[_Swap],
+        swaps: list[ParameterSwap],
         conv_in: ConcatConvIn | None,
         original_conv_in: nn.Module,
         originals_on: OriginalsPlace,
@@ -281,7 +282,7 @@ def attach_sdxl_layer_model(
     parameters = dict(unet.named_parameters())
     table = ldm_name_table(parameters, read_unet_layout(unet.config))
     patches = parse_frozen_patches(state_dict, table)
-    widened = _check_shapes(patches, parameters)
+    widened = check_patch_shapes(patches, parameters)
     patched_names = tuple(sorted(patches))
     if widened:
         kind = SDXLLayerKind.CONDITIONAL
@@ -297,21 +298,23 @@ def attach_sdxl_layer_model(
     if widened:
         bias = original_conv_in.bias
         if bias is not None:
-            bias = _merged(bias, patches.pop("conv_in.bias", None), weight)
-        merged_weight = _merged(original_conv_in.weight, patches.pop("conv_in.weight"), weight)
+            bias = merged_tensor(bias, patches.pop("conv_in.bias", None), weight)
+        merged_weight = merged_tensor(
+            original_conv_in.weight, patches.pop("conv_in.weight"), weight
+        )
         conv_in = ConcatConvIn(original_conv_in, merged_weight, bias)
 
     on_cpu = originals_on == "cpu"
-    swaps: list[_Swap] = []
+    swaps: list[ParameterSwap] = []
     try:  # install one by one, so that "cpu" never holds two copies on the device
         for name, patch in patches.items():
             module_name, _, attribute = name.rpartition(".")
             original = parameters[name]
             merged = nn.Parameter(
-                _merged(original, patch, weight), requires_grad=original.requires_grad
+                merged_tensor(original, patch, weight), requires_grad=original.requires_grad
             )
             module = unet.get_submodule(module_name)
-            swaps.append(_Swap(module, attribute, original, merged, original.device))
+            swaps.append(ParameterSwap(module, attribute, original, merged, original.device))
             swaps[-1].install(True, on_cpu)
     except BaseException:  # out of memory midway: leave the UNet as it was
         for swap in swaps:
@@ -324,10 +327,14 @@ def attach_sdxl_layer_model(
     )
 
 
-def _check_shapes(
+def check_patch_shapes(
     patches: Mapping[str, WeightPatch], parameters: Mapping[str, torch.Tensor]
 ) -> bool:
-    """Check every patch against its parameter; True when conv_in's delta is wider."""
+    """Check every patch against its parameter; True when conv_in's delta is wider.
+
+    Raises:
+        ValueError: a LoRA pair or a diff that does not fit its parameter.
+    """
     widened = False
     for name, patch in patches.items():
         shape = tuple(parameters[name].shape)
@@ -362,7 +369,7 @@ def _check_shapes(
     return widened
 
 
-def _merged(base: torch.Tensor, patch: WeightPatch | None, weight: float) -> torch.Tensor:
+def merged_tensor(base: torch.Tensor, patch: WeightPatch | None, weight: float) -> torch.Tensor:
     """`base + weight·delta` in float32, cast to `base`'s dtype, on its device; a new tensor.
 
     A wider conv delta (N, C', kh, kw) is added to zeros of its shape holding `base`

@@ -55,6 +55,9 @@ def format_parameters(
     if has_second_pass(request):  # A1111's hires fix writes its resize and strength
         fields.append(("Hires resize", f"{request.width}x{request.height}"))
         fields.append(("Hires strength", _number(request.hires_strength)))
+    if request.lora is not None and request.lora_weight != 0:
+        # A1111 names a LoRA in the prompt (<lora:name:weight>); ours is a field.
+        fields.append(("Lora", f"{request.lora}: {_number(request.lora_weight)}"))
     if request.noise_source is NoiseSource.CPU:
         fields.append(("RNG", "CPU"))  # A1111 writes it when not its default, GPU
     fields += [

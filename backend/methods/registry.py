@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from protocol import METHOD_SPECS, Method
+from collections.abc import Mapping
+
+from protocol import METHOD_SPECS, LoRAInfo, Method, ModelFamily
 
 from ..errors import InvalidRequest
 from ..model_set import ModelSet
@@ -57,6 +59,29 @@ def check_request(request: GenerationRequest, models: ModelSet | None = None) ->
             f"{request.method.value} needs a {family.value} base model, "
             f"but {models.base.name} is {models.family.value}",
         )
+    check_lora(request.lora, models.offered_loras, models.family, models.base.name)
+
+
+def check_lora(
+    name: str | None, offered: Mapping[str, LoRAInfo], family: ModelFamily, model_name: str
+) -> None:
+    """Check that a request's LoRA is one the model set offers, of the model's family.
+
+    Raises:
+        InvalidRequest: naming `lora`, with what is offered.
+    """
+    if name is None:
+        return
+    info = offered.get(name)
+    if info is None:
+        names = ", ".join(sorted(offered)) or "none"
+        raise InvalidRequest(
+            "lora", f"{name!r} is not a LoRA this backend offers; offered: {names}"
+        )
+    if info.family != family:
+        raise InvalidRequest(
+            "lora", f"{name} is a {info.family.value} LoRA, but {model_name} is {family.value}"
+        )
 
 
 def run_method(
@@ -65,6 +90,11 @@ def run_method(
     """Check the request, then run its method, in two passes for a canvas larger than the
     native area (`hires`); a selection shapes the results."""
     check_request(request, models)
+    try:
+        models.use_lora(request.lora, request.lora_weight)
+    except ValueError as error:
+        reason = f"{request.lora} does not fit {models.base.name}: {error}"
+        raise InvalidRequest("lora", reason) from error
     runner = METHOD_RUNNERS[request.method]
     if has_second_pass(request):
         return run_two_passes(runner, request, models, on_step)

@@ -56,6 +56,8 @@ class GenerationRequest:
             step 2 of the one-click SDXL workflows; None takes the workflow's default
             (`sdxl_blending`).
         hires / hires_strength: the second pass at the request's size (`hires`).
+        lora / lora_weight: a LoRA of the model set's offer merged into the base model
+            for the job (`ModelSet.use_lora`), e.g. a few-step one, and its strength.
         refine: not on the wire: the layers of a first pass, by output role, at the
             request's size, that this run reworks (the second pass): each output starts
             from its own layer re-noised by `denoise_strength`, instead of from noise or
@@ -87,6 +89,8 @@ class GenerationRequest:
     second_ending_step: float | None = None
     hires: Hires = Hires.AUTO
     hires_strength: float = 0.5
+    lora: str | None = None
+    lora_weight: float = 1.0
     refine: dict[LayerRole, np.ndarray] = field(default_factory=dict)
 
     @property

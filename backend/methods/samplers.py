@@ -19,13 +19,16 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     SchedulerMixin,
     UniPCMultistepScheduler,
 )
 
 from protocol.methods import Sampler
 
-SAMPLERS_WITH_NOISE: frozenset[Sampler] = frozenset({Sampler.EULER_A, Sampler.DPMPP_2M_SDE_KARRAS})
+SAMPLERS_WITH_NOISE: frozenset[Sampler] = frozenset(
+    {Sampler.EULER_A, Sampler.DPMPP_2M_SDE_KARRAS, Sampler.LCM, Sampler.LCM_SGM_UNIFORM}
+)
 """Samplers that draw fresh noise at every step; their `step()` takes a generator."""
 
 # Options that override the base model's config. Everything the base config says about
@@ -103,6 +106,25 @@ _SAMPLER_OPTIONS: dict[Sampler, tuple[type[SchedulerMixin], dict[str, Any]]] = {
             "set_alpha_to_one": False,
             "clip_sample": False,
             "thresholding": False,
+        },
+    ),
+    # The few-step samplers of the distilled LoRAs, as their authors run them in diffusers.
+    # LCM-LoRA: `LCMScheduler.from_config(base config)` (50 original steps, "leading":
+    # 4 steps are 999, 759, 499, 259), re-noising between steps with the row's generator.
+    Sampler.LCM: (LCMScheduler, {}),
+    # DMD2 samples as LCM does at the evenly spaced 999, 749, 499, 249 (its README passes
+    # them to LCMScheduler): the distillation schedule of `steps` original steps, set by
+    # `schedule.plan_schedule` (k·(1000 // steps) − 1, the same for steps dividing 1000).
+    Sampler.LCM_SGM_UNIFORM: (LCMScheduler, {}),
+    # SDXL-Lightning, Hyper-SD, DMD2: Euler with "trailing" spacing, steps evenly spaced
+    # and ending at 999 (4 steps: 999, 749, 499, 249; A1111's "SGM Uniform"), then σ = 0.
+    Sampler.EULER_SGM_UNIFORM: (
+        EulerDiscreteScheduler,
+        {
+            "timestep_spacing": "trailing",
+            "interpolation_type": "linear",
+            "use_karras_sigmas": False,
+            "final_sigmas_type": "zero",
         },
     ),
 }

@@ -81,7 +81,10 @@ def plan_schedule(
         device: where the timesteps live.
     """
     scheduler = make_scheduler(sampler, scheduler_config)
-    scheduler.set_timesteps(steps, device=device)
+    if sampler is Sampler.LCM_SGM_UNIFORM:
+        scheduler.set_timesteps(steps, device=device, original_inference_steps=steps)
+    else:
+        scheduler.set_timesteps(steps, device=device)
     if sampler not in TIMESTEP_SAMPLERS:
         return _k_diffusion(scheduler, steps, img2img, strength)
     encode = img2img_encode_steps(steps, strength) if img2img else steps

@@ -167,7 +167,11 @@ class Connection:
         assert self.session is not None  # the protocol refuses anything before hello
         if isinstance(event, JobSubmitted):
             job = await asyncio.to_thread(
-                job_from_submit, event, self.session.id, self.queue.executor.model
+                job_from_submit,
+                event,
+                self.session.id,
+                self.queue.executor.model,
+                self.queue.executor.loras,
             )
             position = self.queue.submit(self.session, job)
             self._send(self.protocol.send_accepted(job.id, position))

@@ -99,6 +99,7 @@ class LayerDiffuseServer:
                 samplers=tuple(Sampler),
                 resize_modes=tuple(ResizeMode),
                 formats=tuple(PixelFormat),
+                loras=tuple(self.executor.loras.values()),
             ),
             limits=self.config.limits,
         )

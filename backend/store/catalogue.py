@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from backend.errors import ModelNotFound
-from protocol.methods import ModelFamily
+from protocol.methods import ModelFamily, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,25 @@ class FileKind(str, Enum):
     DIFF = "diff"
     TRANSPARENT_DECODER = "transparent_decoder"
     TRANSPARENT_ENCODER = "transparent_encoder"
+    FEW_STEP_LORA = "few_step_lora"
+
+
+@dataclass(frozen=True)
+class FewStepSettings:
+    """How a distilled LoRA samples, as its authors advise (in this backend's samplers).
+
+    Attributes:
+        label: shown to the painter, e.g. "Hyper-SD 8 steps".
+        sampler / steps / cfg_scale: the schedule it was distilled for; CFG 1 where the
+            authors say guidance 0 (no negative pass).
+        weight: the LoRA's strength.
+    """
+
+    label: str
+    sampler: Sampler
+    steps: int
+    cfg_scale: float
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +80,8 @@ class ReleasedFile:
             output before adding it to the latent (1.0 for every layerdiffusion-v1 file).
         repo_id: The Hugging Face repository.
         revision: The branch, tag or commit to download from.
+        few_step: For a distilled LoRA, the settings it samples with.
+        licence: Where it is not the permissive default, the licence users must know.
     """
 
     name: str
@@ -74,6 +95,8 @@ class ReleasedFile:
     offset_scale: float = 1.0
     repo_id: str = LAYERDIFFUSION_REPO
     revision: str = "main"
+    few_step: FewStepSettings | None = None
+    licence: str | None = None
 
     def summary(self) -> str:
         """Return a one-line summary: name, family, kind and size.
@@ -251,6 +274,124 @@ RELEASED_FILES: dict[str, ReleasedFile] = {
 """All 14 released files, keyed by stem."""
 
 
+def _few_step(
+    name: str,
+    repo_id: str,
+    filename: str,
+    family: ModelFamily,
+    size_bytes: int,
+    sha256: str,
+    settings: FewStepSettings,
+    *,
+    size_exact: bool = True,
+    licence: str | None = None,
+) -> ReleasedFile:
+    return ReleasedFile(
+        name=name,
+        filename=filename,
+        kind=FileKind.FEW_STEP_LORA,
+        family=family,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        description=f"{family.value} few-step lora: {settings.label}, {repo_id}",
+        size_exact=size_exact,
+        repo_id=repo_id,
+        few_step=settings,
+        licence=licence,
+    )
+
+
+_HYPER = "ByteDance/Hyper-SD"
+_LIGHTNING = "ByteDance/SDXL-Lightning"
+_SGM_EULER = Sampler.EULER_SGM_UNIFORM
+
+FEW_STEP_LORAS: dict[str, ReleasedFile] = {
+    entry.name: entry
+    for entry in (
+        _few_step(
+            "hyper_sd15_8steps",
+            _HYPER,
+            "Hyper-SD15-8steps-lora.safetensors",
+            _SD15,
+            269_127_064,
+            "91fc3186236e956d64dbb4357f2e120c69b968b78af7d2db9884a5ca74d3cd13",
+            FewStepSettings("Hyper-SD 8 steps", _SGM_EULER, 8, 1.0),
+        ),
+        _few_step(
+            "hyper_sd15_8steps_cfg",
+            _HYPER,
+            "Hyper-SD15-8steps-CFG-lora.safetensors",
+            _SD15,
+            269_127_064,
+            "f6123d5b950d5250ab6c33600e27f4dcf71b3099ebf888685e01e9e8117ce482",
+            FewStepSettings("Hyper-SD 8 steps, with CFG", _SGM_EULER, 8, 5.0),
+            size_exact=False,
+        ),
+        _few_step(
+            "hyper_sdxl_8steps",
+            _HYPER,
+            "Hyper-SDXL-8steps-lora.safetensors",
+            _SDXL,
+            787_359_648,
+            "ca689190e8c46038550384b5675488526cfe5a40d35f82b27acb75c100f417c1",
+            FewStepSettings("Hyper-SDXL 8 steps", _SGM_EULER, 8, 1.0),
+        ),
+        _few_step(
+            "hyper_sdxl_8steps_cfg",
+            _HYPER,
+            "Hyper-SDXL-8steps-CFG-lora.safetensors",
+            _SDXL,
+            787_359_648,
+            "55b51334c85061afff5eff7c550b61963c8b8607a5868bbe4f26db49374719b1",
+            FewStepSettings("Hyper-SDXL 8 steps, with CFG", _SGM_EULER, 8, 5.0),
+            size_exact=False,
+        ),
+        _few_step(
+            "sdxl_lightning_4step",
+            _LIGHTNING,
+            "sdxl_lightning_4step_lora.safetensors",
+            _SDXL,
+            393_854_592,
+            "bf56cf2657efb15e465d81402ed481d1e11c4677e4bcce1bc11fe71ad8506b79",
+            FewStepSettings("SDXL-Lightning 4 steps", _SGM_EULER, 4, 1.0),
+        ),
+        _few_step(
+            "sdxl_lightning_8step",
+            _LIGHTNING,
+            "sdxl_lightning_8step_lora.safetensors",
+            _SDXL,
+            393_854_592,
+            "5aa30d94cdf7950a8b53a693682650ee061eddb128c5435a8f88defea73b2ac6",
+            FewStepSettings("SDXL-Lightning 8 steps", _SGM_EULER, 8, 1.0),
+        ),
+        _few_step(
+            "dmd2_sdxl_4step",
+            "tianweiy/DMD2",
+            "dmd2_sdxl_4step_lora_fp16.safetensors",
+            _SDXL,
+            393_854_592,
+            "b3d9173815a4b595991c3a7a0e0e63ad821080f314a0b2a3cc31ecd7fcf2cbb8",
+            FewStepSettings("DMD2 4 steps", Sampler.LCM_SGM_UNIFORM, 4, 1.0),
+            licence="CC BY-NC 4.0: non-commercial use only",
+        ),
+    )
+}
+"""Distilled LoRAs for few-step sampling, with the settings their authors advise.
+
+Sources: the Git LFS pointers (sha256, size) of each repository's files (Hyper-SD commit
+`2900d27` for the SDXL files; SDXL-Lightning's file pages; DMD2 commit `19179ac`, "fix
+lora ckpt", which replaced broken earlier files); the settings from each model card and
+README: Hyper-SD and SDXL-Lightning sample with "trailing" timesteps at guidance 0, the
+CFG variants at guidance 5–8, DMD2 with LCMScheduler at 999, 749, 499, 249 and guidance 0.
+The two CFG files' sizes are the family's size, not read from their pointers. LCM-LoRA is
+not listed: no sha256 of its released files could be confirmed (a file of it given by
+path works, as any LoRA does).
+"""
+
+CATALOGUE: dict[str, ReleasedFile] = RELEASED_FILES | FEW_STEP_LORAS
+"""Every file the store can fetch by name: the LayerDiffuse files and the few-step LoRAs."""
+
+
 def find_released_file(name: str, catalogue: Mapping[str, ReleasedFile]) -> ReleasedFile:
     """Look a file up in a catalogue by stem or by file name.
 
@@ -284,6 +425,6 @@ def released_file(name: str) -> ReleasedFile:
         The catalogue entry.
 
     Raises:
-        ModelNotFound: The name is not one of the 14 released files.
+        ModelNotFound: The name is not one of the 14 released files or the few-step LoRAs.
     """
-    return find_released_file(name, RELEASED_FILES)
+    return find_released_file(name, CATALOGUE)

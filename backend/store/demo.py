@@ -31,14 +31,15 @@ from ..layerdiffuse import (
     read_unet_layout,
     released_key_shapes,
 )
-from .catalogue import RELEASED_FILES, ReleasedFile
+from .catalogue import CATALOGUE, FEW_STEP_LORAS, ReleasedFile
 from .configs import config_path
+from .demo_loras import few_step_lora_state_dict
 from .download import default_cache_dir, sha256_of
 from .tokenizer import write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 4
+DEMO_VERSION = 5
 DEMO_NAMES = {
     ModelFamily.SD15: "demo-sd15 (tiny random weights: pictures are noise)",
     ModelFamily.SDXL: "demo-sdxl (tiny random weights: pictures are noise)",
@@ -124,7 +125,8 @@ class DemoSet:
     Attributes:
         family: the base model family it is shaped like.
         base_dir: a diffusers folder of the tiny base model.
-        models_dir: the tiny LayerDiffuse files under their released file names.
+        models_dir: the tiny LayerDiffuse files and few-step LoRAs (random, in the
+            released files' key layout) under their released file names.
         catalogue: the released catalogue with these files' sizes and sha256, so the
             store checks them as it checks downloads.
     """
@@ -164,11 +166,11 @@ def ensure_demo_set(
     manifest = json.loads((root / _MANIFEST).read_text())
     catalogue = {
         name: replace(
-            RELEASED_FILES[name],
+            CATALOGUE[name],
             sha256=entry["sha256"],
             size_bytes=entry["size_bytes"],
             size_exact=True,
-            description="demo: " + RELEASED_FILES[name].description,
+            description="demo: " + CATALOGUE[name].description,
         )
         for name, entry in manifest["files"].items()
     }
@@ -185,6 +187,9 @@ def _build(root: Path, family: ModelFamily) -> None:
     else:
         unet = _build_sdxl_base(base)
         files = _sdxl_layer_files(unet)
+    few_step = [entry for entry in FEW_STEP_LORAS.values() if entry.family is family]
+    for index, entry in enumerate(few_step):
+        files[entry.name] = few_step_lora_state_dict(unet, seed=400 + index)
     (root / "README.txt").write_text(
         "krita-layerdiffuse demo model set: tiny random models with the real structure.\n"
         "Pictures made with it are noise; it exists to run everything without downloads.\n"
@@ -193,7 +198,7 @@ def _build(root: Path, family: ModelFamily) -> None:
     layers.mkdir(parents=True)
     manifest: dict[str, dict[str, object]] = {}
     for name, state in files.items():
-        path = layers / RELEASED_FILES[name].filename
+        path = layers / CATALOGUE[name].filename
         save_file({key: value.contiguous() for key, value in state.items()}, str(path))
         manifest[name] = {"sha256": sha256_of(path), "size_bytes": path.stat().st_size}
     (root / _MANIFEST).write_text(

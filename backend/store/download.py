@@ -26,7 +26,7 @@ from huggingface_hub.utils import tqdm as hub_tqdm
 
 from backend.errors import ModelError, ModelHashMismatch, ModelNotFound, UnsupportedModel
 from backend.store.catalogue import (
-    RELEASED_FILES,
+    CATALOGUE,
     SAFETENSORS_SUFFIX,
     ReleasedFile,
     find_released_file,
@@ -189,7 +189,7 @@ class ModelStore:
         models_dir: Path | None = None,
         offline: bool | None = None,
         cache_dir: Path | None = None,
-        catalogue: Mapping[str, ReleasedFile] = RELEASED_FILES,
+        catalogue: Mapping[str, ReleasedFile] = CATALOGUE,
         state_dir: Path | None = None,
     ) -> None:
         self.models_dir = models_dir

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from backend.errors import ModelNotFound
 from backend.model_set import ModelSet
+from backend.store.catalogue import FileKind, ReleasedFile
 from backend.store.checkpoints import load_base_model
 from backend.store.demo import DEMO_NAMES, ensure_demo_set
 from backend.store.download import ModelStore
-from protocol import ModelFamily
+from protocol import LoRAInfo, ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ def open_model_set(
     device: str | None = None,
     dtype: str | None = None,
     cache_dir: Path | None = None,
+    lora_files: Mapping[str, Path] | None = None,
 ) -> ModelSet:
     """Load a base model and make the LayerDiffuse files available to the methods.
 
@@ -57,6 +61,8 @@ def open_model_set(
         offline: never contact the hub; None follows `HF_HUB_OFFLINE`.
         device / dtype: where and how to run; None picks (see `resolve_device`).
         cache_dir: the store's own cache folder (demo set, verified-file records).
+        lora_files: LoRA files offered besides the catalogue's few-step ones, by name
+            (`lora_folder`); a name of the catalogue given here takes this file.
 
     Raises:
         ModelNotFound, UnsupportedModel, ModelHashMismatch: from the store.
@@ -93,6 +99,15 @@ def open_model_set(
         compute_dtype,
     )
     offset_scales = {entry.name: entry.offset_scale for entry in store.catalogue.values()}
+    files = dict(lora_files or {})
+    offered = few_step_offer(store.catalogue, base_model.family)
+    offered |= {name: LoRAInfo(name, base_model.family, name) for name in files}
+
+    def load_lora(name: str) -> dict[str, torch.Tensor]:
+        if name in files:
+            return _read_lora_file(files[name])
+        return store.load_state_dict(name)
+
     return ModelSet(
         base=base_model,
         load_layer_file=store.load_state_dict,
@@ -100,4 +115,54 @@ def open_model_set(
         device=target,
         dtype=compute_dtype,
         is_demo=demo,
+        offered_loras=offered,
+        load_lora_file=load_lora,
     )
+
+
+def few_step_offer(
+    catalogue: Mapping[str, ReleasedFile], family: ModelFamily
+) -> dict[str, LoRAInfo]:
+    """The catalogue's few-step LoRAs of `family`, as `welcome` offers them."""
+    offer = {}
+    for entry in catalogue.values():
+        settings = entry.few_step
+        if entry.kind is not FileKind.FEW_STEP_LORA or entry.family is not family or not settings:
+            continue
+        label = settings.label if entry.licence is None else f"{settings.label} ({entry.licence})"
+        offer[entry.name] = LoRAInfo(
+            name=entry.name,
+            family=family,
+            label=label,
+            sampler=settings.sampler,
+            steps=settings.steps,
+            cfg_scale=settings.cfg_scale,
+            weight=settings.weight,
+        )
+    return offer
+
+
+def lora_folder(folder: Path) -> dict[str, Path]:
+    """Every `.safetensors` file of a folder, by its stem (what a request names).
+
+    Raises:
+        ModelNotFound: the folder does not exist.
+    """
+    if not folder.is_dir():
+        raise ModelNotFound(f"the LoRA folder {folder} does not exist")
+    return {path.stem: path for path in sorted(folder.glob("*.safetensors")) if path.is_file()}
+
+
+def _read_lora_file(path: Path) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors; only safetensors are read (a pickle can run code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors":
+        raise ModelNotFound(f"{path}: only .safetensors LoRA files are read")
+    if not path.is_file():
+        raise ModelNotFound(f"the LoRA file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ModelNotFound(f"{path} is not a readable safetensors file: {error}") from error

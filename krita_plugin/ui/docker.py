@@ -96,7 +96,7 @@ _STATUS_COLOURS = {
 }
 # The generation settings, in the order the Settings section shows them.
 _GENERATION_SETTINGS = (
-    "negative_prompt", "family", "steps", "cfg_scale", "seed", "sampler",
+    "negative_prompt", "family", "speed", "steps", "cfg_scale", "seed", "sampler",
     "sdxl_transparent_model", "weight", "stop_at", "foreground_prompt", "background_prompt",
     "blended_prompt", "second_prompt", "second_negative_prompt", "second_sampler",
     "second_stop_at", "hires", "hires_strength", "insert_blended", "fit_to_native",
@@ -236,6 +236,13 @@ class DockerPanel(QWidget):
         form = _Form(settings.content)
         self._add_text("negative_prompt", form, lines=2)
         self._add_row("family", self._combo("family", _FAMILY_CHOICES), form)
+        # Speed's choices are the backend's LoRAs: filled when it says welcome.
+        self.speed = narrow_combo(settings.content)
+        self.speed.setObjectName("speed")
+        self.speed.currentIndexChanged.connect(
+            lambda _: self.state.choose_speed(self.speed.currentData() or "")
+        )
+        self._add_row("speed", self.speed, form)
         self._add_row("steps", self._spin("steps"), form)
         self._add_row("cfg_scale", self._double("cfg_scale", step=0.5, decimals=1), form)
         self.seed = SeedBox(settings.content)
@@ -398,7 +405,25 @@ class DockerPanel(QWidget):
         self.seed.set_values(settings.seed, settings.random_seed)
         self.settings_section.set_open(settings.settings_open)
         self.connection_section.set_open(settings.connection_open)
+        self._show_speed()
         self._show_applicable()
+
+    def _show_speed(self) -> None:
+        """Full quality and the backend's LoRAs for the family; a chosen one the backend
+        does not offer stays shown, marked, so the setting is never silently changed."""
+        chosen = self.state.settings.speed
+        items = [("", "Full quality")]
+        items += [(info.name, info.label) for info in self.state.offered_loras()]
+        if chosen and chosen not in [value for value, _ in items]:
+            items.append((chosen, f"{chosen} (not offered)"))
+        combo = self.speed
+        combo.blockSignals(True)
+        if [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count())] != items:
+            combo.clear()
+            for value, text in items:
+                combo.addItem(text, value)
+        combo.setCurrentIndex(max(combo.findData(chosen), 0))
+        combo.blockSignals(False)
 
     def _show_applicable(self) -> None:
         """Only the settings that change what the chosen method makes on this family."""
@@ -422,6 +447,7 @@ class DockerPanel(QWidget):
             )
             self.connection_status.setToolTip(state.connection_text)
             self._enable_buttons()
+            self._show_speed()  # the backend's LoRAs
             self._show_applicable()  # "Automatic" follows the backend's family
             self._show_message()
         elif name in ("running", "refusals"):

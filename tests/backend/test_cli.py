@@ -17,7 +17,7 @@ from backend.cli import BENCH_STAGES, METHOD_SUMMARIES, main
 from backend.methods.registry import run_method
 from backend.methods.request import GenerationRequest
 from backend.model_set import ModelSet
-from backend.store.catalogue import RELEASED_FILES
+from backend.store.catalogue import CATALOGUE
 from protocol import LayerRole, Method
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -315,7 +315,7 @@ def _list_lines(out: list[str]) -> dict[str, str]:
     return {line.split()[0]: line for line in out if line and not line.startswith(" ")}
 
 
-def test_models_list_shows_all_14_files_and_the_folder_each_is_in_or_would_go_to(
+def test_models_list_shows_all_21_files_and_the_folder_each_is_in_or_would_go_to(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_caches: Path
 ) -> None:
     models_dir = tmp_path / "models"
@@ -325,16 +325,18 @@ def test_models_list_shows_all_14_files_and_the_folder_each_is_in_or_would_go_to
     assert main(["models", "list", "--models-dir", str(models_dir), "--offline"]) == 0
     out, _ = _output_lines(capsys)
     lines = _list_lines(out)
-    assert sorted(lines) == sorted(RELEASED_FILES)
-    assert len(lines) == 14
-    assert len(out) == 2 * 14  # each file's summary line and its description
+    assert sorted(lines) == sorted(CATALOGUE)
+    assert len(lines) == 14 + 7  # the LayerDiffuse files and the few-step LoRAs
+    assert len(out) == 2 * 21  # each file's summary line and its description
     assert lines["layer_sd15_joint"].endswith(f"  {present}")
-    download_folder = empty_caches / "models--LayerDiffusion--layerdiffusion-v1"
     others = [line for name, line in lines.items() if name != "layer_sd15_joint"]
-    assert all(
-        line.endswith(f"  missing from {models_dir}; a download goes to {download_folder}")
-        for line in others
-    )
+    for name, line in lines.items():
+        if name == "layer_sd15_joint":
+            continue
+        folder = empty_caches / f"models--{CATALOGUE[name].repo_id.replace('/', '--')}"
+        assert line.endswith(f"  missing from {models_dir}; a download goes to {folder}"), line
+    assert "few_step_lora" in lines["sdxl_lightning_4step"]
+    assert len(others) == 20
 
 
 def test_models_list_without_a_models_folder_names_the_download_folder(
@@ -342,10 +344,9 @@ def test_models_list_without_a_models_folder_names_the_download_folder(
 ) -> None:
     assert main(["models", "list"]) == 0
     lines = _list_lines(_output_lines(capsys)[0])
-    download_folder = empty_caches / "models--LayerDiffusion--layerdiffusion-v1"
-    assert all(
-        line.endswith(f"  missing: a download goes to {download_folder}") for line in lines.values()
-    )
+    for name, line in lines.items():
+        folder = empty_caches / f"models--{CATALOGUE[name].repo_id.replace('/', '--')}"
+        assert line.endswith(f"  missing: a download goes to {folder}"), line
 
 
 @pytest.mark.usefixtures("empty_caches")
@@ -532,3 +533,24 @@ def test_bench_times_the_large_canvas_paths_side_by_side(
     second = timings[(stage, "two passes, the second at full size (strength 0.5)")]
     assert second["baseline"] == "one pass near 512², scaled up" and second["ratio"] > 0
     assert "SD1.5 transparent 640²" in capsys.readouterr().out
+
+
+def test_bench_sets_each_few_step_lora_beside_the_20_step_job(
+    tmp_path: Path, demo_xdg_cache: Path
+) -> None:
+    """`--stages fewstep`: the 20-step baseline, then each SD1.5 few-step LoRA at its
+    advised settings with its ratio and how far its alpha moved (|Δα|, IoU)."""
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--device", "cpu", "--repeat", "1", "--stages", "fewstep"]
+    assert main([*argv, "--json", str(report)]) == 0
+    timings = json.loads(report.read_text())["timings"]
+    baseline, *rows = timings
+    assert baseline["variant"] == "20 steps, DPM++ 2M Karras, CFG 7"
+    assert [row["variant"].split(":")[0] for row in rows] == [
+        "Hyper-SD 8 steps",
+        "Hyper-SD 8 steps, with CFG",
+    ]
+    for row in rows:
+        assert row["baseline"] == baseline["variant"] and row["ratio"] > 0
+        match = re.search(r"\(\|Δα\| (\d+\.\d), IoU (\d\.\d\d)\)$", row["variant"])
+        assert match is not None and 0 <= float(match[2]) <= 1, row["variant"]

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.store.catalogue import RELEASED_FILES
+from backend.store.catalogue import CATALOGUE
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 LIMIT_SECONDS = 1.0
 HEAVY = ("torch", "diffusers", "transformers")
-KNOWN_NAMES = ", ".join(sorted(RELEASED_FILES))
+KNOWN_NAMES = ", ".join(sorted(CATALOGUE))
 
 # (argv, the one line on stderr); run in a folder holding `afile` and nothing else.
 CASES: list[tuple[list[str], str]] = [
@@ -47,7 +47,7 @@ CASES: list[tuple[list[str], str]] = [
     (
         ["generate", "--sampler", "euler_b"],
         "error: --sampler: 'euler_b' is not one of dpmpp_2m_karras, dpmpp_2m_sde_karras, "
-        "euler_a, euler, unipc, ddim",
+        "euler_a, euler, unipc, ddim, lcm, lcm_sgm_uniform, euler_sgm_uniform",
     ),
     (
         ["generate", "--method", "sd15_magic"],
@@ -125,7 +125,7 @@ CASES: list[tuple[list[str], str]] = [
     (
         ["bench", "--stages", "decoder,nope"],
         "error: argument --stages: unknown stage 'nope'; known: decoder, sd15, sdxl, methods, "
-        "sdxl_methods, transport, demo, cluster, hires (see `layerdiffuse bench --help`)",
+        "sdxl_methods, transport, demo, cluster, hires, fewstep (see `layerdiffuse bench --help`)",
     ),
     (
         ["bench", "--json", "nowhere/report.json"],

@@ -34,6 +34,7 @@ from protocol import (
     PROTOCOL_VERSION,
     Capabilities,
     LayerRole,
+    LoRAInfo,
     Method,
     ModelFamily,
     ModelInfo,
@@ -549,8 +550,8 @@ def test_the_sdxl_transparent_model_is_the_painters_choice() -> None:
 
 
 SECOND_STEP = {"second_prompt", "second_negative_prompt", "second_sampler", "second_stop_at"}
-ALWAYS = {"negative_prompt", "steps", "cfg_scale", "seed", "random_seed", "sampler", "stop_at",
-          "fit_to_native", "hires", "hires_strength"}  # fmt: skip
+ALWAYS = {"negative_prompt", "speed", "steps", "cfg_scale", "seed", "random_seed", "sampler",
+          "stop_at", "fit_to_native", "hires", "hires_strength"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -708,3 +709,55 @@ def test_a_backend_before_protocol_1_1_gets_no_mask() -> None:
         assert len(images) == 1
 
     run(scenario)
+
+
+LIGHTNING = LoRAInfo(
+    "sdxl_lightning_4step", ModelFamily.SDXL, "SDXL-Lightning 4 steps",
+    Sampler.EULER_SGM_UNIFORM, 4, 1.0, 1.0,
+)  # fmt: skip
+
+
+def test_a_speed_lora_brings_its_settings_and_travels_with_the_job() -> None:
+    """Protocol 1.2's few-step mode: picking a LoRA the backend offers sets its steps,
+    sampler and CFG; the job names it; full quality brings the original's back."""
+
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        capabilities = dataclasses.replace(
+            backend.welcome.capabilities,
+            loras=(LIGHTNING, LoRAInfo("sd15_only", ModelFamily.SD15, "SD1.5 only")),
+        )
+        backend.welcome = dataclasses.replace(backend.welcome, capabilities=capabilities)
+        state = new_state(backend, FakeCanvas())
+        assert state.offered_loras() == (LIGHTNING,)  # the family's only
+        state.choose_speed("sdxl_lightning_4step")
+        settings = state.settings
+        assert (settings.speed, settings.steps, settings.sampler, settings.cfg_scale) == (
+            "sdxl_lightning_4step", 4, "euler_sgm_uniform", 1.0,
+        )  # fmt: skip
+        await state.generate(Action.TRANSPARENT_LAYER)
+        state.choose_speed("")
+        await state.generate(Action.TRANSPARENT_LAYER)
+        fast, full = (submit.request for submit, _ in backend.submits)
+        assert (fast.lora, fast.lora_weight, fast.steps, fast.sampler) == (
+            "sdxl_lightning_4step", 1.0, 4, Sampler.EULER_SGM_UNIFORM,
+        )  # fmt: skip
+        assert (full.lora, full.steps, full.sampler, full.cfg_scale) == (
+            None, 20, Sampler.DPMPP_2M_KARRAS, 7.0,
+        )  # fmt: skip
+
+    run(scenario)
+
+
+def test_a_speed_lora_the_backend_does_not_offer_is_refused_before_a_trigger() -> None:
+    """A 1.1 backend (no LoRAs), or one whose family lacks it: Generate is off, and the
+    reason names the LoRA and the way out; nothing is sent."""
+    backend = RecordingBackend()  # offers no LoRA
+    state = new_state(backend, FakeCanvas(), speed="sdxl_lightning_4step")
+    refusal = state.refusals[Action.TRANSPARENT_LAYER]
+    assert refusal == (
+        "The backend does not offer the few-step LoRA “sdxl_lightning_4step” for this "
+        "model. Choose Full quality (or another) in Settings ▸ Speed."
+    )
+    assert state.generate(Action.TRANSPARENT_LAYER) is None
+    assert backend.submits == []

@@ -42,7 +42,7 @@ def test_every_number_has_a_range_and_every_choice_its_values() -> None:
         elif spec.kind == "choice":
             assert spec.choices
         else:
-            assert spec.kind in ("text", "boolean", "layer prompts"), spec.name
+            assert spec.kind in ("text", "name", "boolean", "layer prompts"), spec.name
 
 
 def test_the_defaults_pass() -> None:

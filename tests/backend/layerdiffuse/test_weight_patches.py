@@ -340,7 +340,7 @@ def test_a_failure_while_merging_puts_back_what_was_installed(
     unet = tiny_sdxl_unet()
     before = {key: value.clone() for key, value in unet.state_dict().items()}
     parameters, conv_in = dict(unet.named_parameters()), unet.conv_in
-    merge, calls = weight_patches._merged, []
+    merge, calls = weight_patches.merged_tensor, []
 
     def failing_merge(*args):
         calls.append(1)
@@ -348,7 +348,7 @@ def test_a_failure_while_merging_puts_back_what_was_installed(
             raise torch.OutOfMemoryError("out of memory")
         return merge(*args)
 
-    monkeypatch.setattr(weight_patches, "_merged", failing_merge)
+    monkeypatch.setattr(weight_patches, "merged_tensor", failing_merge)
     state = released_state(unet, "layer_xl_fg2ble", random_tensors(), rank=4)
     with pytest.raises(torch.OutOfMemoryError):
         attach_sdxl_layer_model(unet, state, originals_on=originals_on)  # type: ignore[arg-type]

@@ -163,8 +163,10 @@ def test_an_unknown_sampler_is_refused():
         make_scheduler("heun", _base_config("sd15"))  # type: ignore[arg-type]
 
 
-def test_the_noise_samplers_are_euler_a_and_dpmpp_2m_sde():
-    assert frozenset({Sampler.EULER_A, Sampler.DPMPP_2M_SDE_KARRAS}) == SAMPLERS_WITH_NOISE
+def test_the_noise_samplers_are_euler_a_dpmpp_2m_sde_and_lcm():
+    """LCM re-noises its x0 prediction between steps with the row's generator."""
+    expected = {Sampler.EULER_A, Sampler.DPMPP_2M_SDE_KARRAS, Sampler.LCM, Sampler.LCM_SGM_UNIFORM}
+    assert frozenset(expected) == SAMPLERS_WITH_NOISE
 
 
 # schedules
@@ -236,9 +238,16 @@ def test_ddim_uses_a1111_timesteps(config):
 # a functional check: exact ε for a Gaussian target
 
 
-@pytest.mark.parametrize("sampler", list(Sampler))
+@pytest.mark.parametrize(
+    "sampler", [s for s in Sampler if s not in (Sampler.LCM, Sampler.LCM_SGM_UNIFORM)]
+)
 def test_twenty_steps_with_the_exact_eps_reach_the_gaussian_target(sampler, config):
     """Data N(1, 0.5²): the result's mean and std land on the target.
+
+    The LCM samplers are left out: they return the model's x0 estimate at their last
+    timestep (59 at 20 steps), which for an exact-ε model of a narrow Gaussian is the
+    posterior mean, its spread shrunk (0.32); a distilled model is trained to make that
+    estimate a sample (`test_few_step.py` checks their schedules).
 
     The starting noise is pure (as in SD, σ_max is finite), which biases deterministic
     samplers' mean by about −mean·std·a(σ_max) ≈ −0.035, and 20 first-order steps shrink the

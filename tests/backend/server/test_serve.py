@@ -22,6 +22,7 @@ from protocol import (
     PixelFormat,
     ProgressReceived,
     ResultReceived,
+    Sampler,
 )
 
 from .conftest import ProtocolClient, RunningServer
@@ -420,3 +421,41 @@ def test_an_sdxl_server_offers_every_sdxl_method_and_runs_them(with_sdxl_server)
             assert (error.error.code, error.error.job) == (ErrorCode.INVALID_REQUEST, "sd15")
 
     with_sdxl_server(scenario)
+
+
+def test_welcome_offers_the_few_step_loras_and_a_job_runs_with_one(
+    with_server, demo_models
+) -> None:
+    """Protocol 1.2: the offer carries each LoRA's settings; a job naming one runs with
+    them, one naming another is refused before it is queued, and the server goes on."""
+
+    async def scenario(server: RunningServer) -> None:
+        async with server.client() as client:
+            welcome = (await client.hello()).welcome
+            offered = {info.name: info for info in welcome.capabilities.loras}
+            assert set(offered) == {"hyper_sd15_8steps", "hyper_sd15_8steps_cfg"}
+            hyper = offered["hyper_sd15_8steps"]
+            assert (hyper.sampler, hyper.steps, hyper.cfg_scale) == (
+                Sampler.EULER_SGM_UNIFORM,
+                8,
+                1.0,
+            )
+            assert Sampler.LCM_SGM_UNIFORM in welcome.capabilities.samplers
+            await client.submit("bad", lora="lcm_sd21")
+            refusal = await client.next_event()
+            assert isinstance(refusal, ErrorReceived)
+            assert (refusal.error.code, refusal.error.job) == (ErrorCode.INVALID_REQUEST, "bad")
+            assert refusal.error.message == (
+                "lora: 'lcm_sd21' is not a LoRA this backend offers; offered: "
+                "hyper_sd15_8steps, hyper_sd15_8steps_cfg"
+            )
+            await client.submit(
+                "fast", lora="hyper_sd15_8steps", sampler=Sampler.EULER_SGM_UNIFORM, cfg_scale=1.0
+            )
+            events = await client.until_done("fast")
+        assert events[-1].done.status is JobStatus.COMPLETED
+        assert [e.progress.step for e in events if isinstance(e, ProgressReceived)] == [1, 2]
+
+    with_server(scenario)
+    assert demo_models.lora == ("hyper_sd15_8steps", 1.0)  # merged, and kept for the next
+    demo_models.use_lora(None)  # the session's models, left as found

@@ -1,4 +1,4 @@
-"""The catalogue lists the 14 released files with consistent facts."""
+"""The catalogue lists the 14 released files and the few-step LoRAs with consistent facts."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pytest
 
 from backend.errors import ModelNotFound
 from backend.store.catalogue import (
+    CATALOGUE,
+    FEW_STEP_LORAS,
     LAYERDIFFUSION_REPO,
     RELEASED_FILES,
     FileKind,
     format_size,
     released_file,
 )
-from protocol.methods import ModelFamily
+from protocol.methods import ModelFamily, Sampler
 
 # Parameter counts computed from the architectures (reference/layerdiffuse.md section 1.1);
 # every released file is fp16, so its size is 2 bytes per parameter plus the JSON header.
@@ -85,7 +87,7 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
         released_file("layer_sd21_joint")
     message = str(caught.value)
     assert message.startswith("unknown model file 'layer_sd21_joint'; known names: ")
-    assert message.endswith(", ".join(sorted(RELEASED_FILES)))
+    assert message.endswith(", ".join(sorted(CATALOGUE)))
 
 
 def test_summaries_read_like_the_hub_listing() -> None:
@@ -100,3 +102,20 @@ def test_summaries_read_like_the_hub_listing() -> None:
         "2.4 MB",
         "3.62 GB",
     ]
+
+
+def test_the_few_step_loras_carry_hashes_sizes_and_their_settings() -> None:
+    """Each distilled LoRA: a full sha256, its own repository and file, and the sampler,
+    steps and CFG its authors advise (guidance 0 is CFG 1: no negative pass)."""
+    assert set(CATALOGUE) == set(RELEASED_FILES) | set(FEW_STEP_LORAS)
+    assert len(FEW_STEP_LORAS) == 7
+    for entry in FEW_STEP_LORAS.values():
+        assert entry.kind is FileKind.FEW_STEP_LORA
+        assert entry.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+        assert entry.repo_id != LAYERDIFFUSION_REPO and entry.filename.endswith(".safetensors")
+        assert entry.few_step is not None and 1 <= entry.few_step.steps <= 8
+        assert entry.few_step.cfg_scale in (1.0, 5.0)
+    dmd2 = FEW_STEP_LORAS["dmd2_sdxl_4step"]
+    assert (dmd2.few_step.sampler, dmd2.few_step.steps) == (Sampler.LCM_SGM_UNIFORM, 4)
+    assert dmd2.licence is not None and "non-commercial" in dmd2.licence
+    assert released_file("sdxl_lightning_4step_lora.safetensors").family is ModelFamily.SDXL

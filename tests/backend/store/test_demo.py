@@ -15,9 +15,10 @@ from backend.layerdiffuse import (
     load_transparent_encoder,
 )
 from backend.model_set import ModelSet
-from backend.store.catalogue import RELEASED_FILES
+from backend.store.catalogue import CATALOGUE, FEW_STEP_LORAS, RELEASED_FILES
 from backend.store.demo import DEMO_VERSION, demo_root, ensure_demo_set
 from backend.store.download import ModelStore, VerifyStatus, sha256_of
+from protocol import ModelFamily
 
 # name → (frames, has a control encoder)
 ATTENTION_FILES = {
@@ -27,6 +28,9 @@ ATTENTION_FILES = {
     "layer_sd15_bg2fg": (2, True),
 }
 VAE_FILES = ("layer_sd15_vae_transparent_decoder", "layer_sd15_vae_transparent_encoder")
+FEW_STEP_FILES = tuple(
+    name for name, entry in FEW_STEP_LORAS.items() if entry.family is ModelFamily.SD15
+)
 MB = 1_000_000
 
 
@@ -75,7 +79,7 @@ def test_two_builds_are_byte_identical(demo_cache_dir: Path, second_build: Path)
     first = json.loads((demo_root(demo_cache_dir) / "manifest.json").read_text())
     second = json.loads((second_build / "manifest.json").read_text())
     assert first == second
-    assert sorted(first["files"]) == sorted([*ATTENTION_FILES, *VAE_FILES])
+    assert sorted(first["files"]) == sorted([*ATTENTION_FILES, *VAE_FILES, *FEW_STEP_FILES])
     assert _file_hashes(demo_root(demo_cache_dir)) == _file_hashes(second_build)
 
 
@@ -84,13 +88,13 @@ def test_the_catalogue_describes_the_demo_files(demo_cache_dir: Path, tmp_path: 
     store = ModelStore(
         models_dir=demo.models_dir, offline=True, catalogue=demo.catalogue, state_dir=tmp_path
     )
-    assert sorted(demo.catalogue) == sorted([*ATTENTION_FILES, *VAE_FILES])
+    assert sorted(demo.catalogue) == sorted([*ATTENTION_FILES, *VAE_FILES, *FEW_STEP_FILES])
     for name, entry in demo.catalogue.items():
         path = demo.models_dir / entry.filename
-        assert entry.filename == RELEASED_FILES[name].filename
+        assert entry.filename == CATALOGUE[name].filename
         assert (entry.size_bytes, entry.size_exact) == (path.stat().st_size, True)
-        assert entry.sha256 != RELEASED_FILES[name].sha256
-        assert entry.description == "demo: " + RELEASED_FILES[name].description
+        assert entry.sha256 != CATALOGUE[name].sha256
+        assert entry.description == "demo: " + CATALOGUE[name].description
         result = store.verify(name)
         assert (result.status, result.path, result.actual_sha256) == (
             VerifyStatus.OK,
@@ -132,7 +136,7 @@ def test_the_vae_files_load_strictly_as_transparent_decoder_and_encoder(
 def test_the_layer_files_are_small(demo_cache_dir: Path) -> None:
     demo = ensure_demo_set(demo_cache_dir)
     sizes = {path.name: path.stat().st_size for path in demo.models_dir.iterdir()}
-    assert len(sizes) == 6
+    assert len(sizes) == 6 + len(FEW_STEP_FILES)
     assert max(sizes.values()) < 5 * MB, sizes
     total = sum(
         path.stat().st_size for path in demo_root(demo_cache_dir).rglob("*") if path.is_file()

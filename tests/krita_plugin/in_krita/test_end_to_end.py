@@ -278,10 +278,12 @@ SDXL_GROUPS = {
     "together": "the docker's together method explains it needs SD1.5 and inserts nothing",
     "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
     "settings": "the Settings section shows the SDXL weight and transparent model choice",
+    "speed": "Speed offers the backend's SDXL LoRAs; one brings its settings and makes a layer",
 }
 SDXL_JOBS = [
     # method, size, inputs: what the plugin sent, in order (its log)
     ("sdxl_transparent_attn", "160x120", 0),
+    ("sdxl_transparent_attn", "160x120", 0),  # with the Speed setting's LoRA
     ("sdxl_fg2bg", "64x48", 1),  # the selection's bounds; the user's layer
     ("sdxl_bg2fg", "160x120", 1),  # the scene
 ]
@@ -320,6 +322,11 @@ def test_sdxl_the_actions_ran_the_sdxl_methods(krita_sdxl_run: dict[str, Any]) -
     assert [(method, size, int(inputs)) for _, method, size, inputs in jobs] == SDXL_JOBS, log
     for job, *_ in jobs:
         assert f"job {job}: completed with 1 result(s)" in log, log
+    with_lora = [line for line in log.splitlines() if ", LoRA " in line]
+    assert len(with_lora) == 1 and with_lora[0].endswith(
+        f"job {jobs[1][0]}: sdxl_transparent_attn, 160x120, 0 input(s), "
+        "LoRA sdxl_lightning_4step (4 steps)"
+    ), with_lora
 
 
 def test_sdxl_family_chosen_in_the_docker_is_saved_in_kritarc(

@@ -977,6 +977,42 @@ def scenario_sdxl(run):
     layer = yield from scene.transparent_layer()
     layer_name = layer.name()
 
+    # 1b. Few-step mode (protocol 1.2): Settings ▸ Speed lists the backend's SDXL LoRAs;
+    # picking one sets its steps, sampler and CFG, and the next layer is made with it.
+    yield from open_settings(True)
+    speed = docker_widget("speed", QComboBox)
+    offered = [speed.itemData(index) for index in range(speed.count())]
+    run.check(
+        "speed:offers_the_backends_loras",
+        offered[0] == ""
+        and {"sdxl_lightning_4step", "dmd2_sdxl_4step", "hyper_sdxl_8steps"} <= set(offered)
+        and not any(name.startswith("hyper_sd15") for name in offered),
+        offered,
+    )
+    speed.setCurrentIndex(speed.findData("sdxl_lightning_4step"))
+    steps = docker_widget("steps", QSpinBox)
+    sampler = docker_widget("sampler", QComboBox)
+    run.check(
+        "speed:brings_its_settings",
+        steps.value() == 4
+        and sampler.currentData() == "euler_sgm_uniform"
+        and app.readSetting("layerdiffuse", "speed", "") == "sdxl_lightning_4step",
+        (steps.value(), sampler.currentData()),
+    )
+    yield from open_settings(False)
+    fast = yield from scene.generate(
+        "layerdiffuse_generate_layer", 1, by_name(document, USER_LAYER), "speed"
+    )
+    app.action("edit_undo").trigger()  # the scenario goes on with the painter's layers
+    yield Wait("undo", lambda: uid(fast[0]) not in ids(document), 10.0)
+    speed.setCurrentIndex(speed.findData(""))
+    run.check(
+        "speed:full_quality_again",
+        steps.value() == 20 and sampler.currentData() == "dpmpp_2m_karras",
+        (steps.value(), sampler.currentData()),
+    )
+    steps.setValue(4)  # the scenario's own count again (the demo runs on a CPU)
+
     # 2. A background for the user's layer in a selection (sdxl_fg2bg: the blend, then
     # the background, in one job): one layer directly below it, inside it.
     background_layer = yield from scene.background_in_selection(layer_name)
