@@ -71,6 +71,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_START = 0, 1, 2, 3
 DEFAULT_BASES = {
     ModelFamily.SD15: "stable-diffusion-v1-5/stable-diffusion-v1-5",
     ModelFamily.SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
+    ModelFamily.FLUX: "black-forest-labs/FLUX.1-dev",
 }
 DEFAULT_NEGATIVE = "bad, ugly"
 DEFAULT_OUTPUT = Path("outputs")
@@ -101,6 +102,8 @@ METHOD_SUMMARIES: dict[Method, str] = {
     Method.SDXL_BG_BLEND_TO_FG: "the foreground of --blend over --background",
     Method.SDXL_FG_TO_BG: "a background for --foreground, and the blend (two passes)",
     Method.SDXL_BG_TO_FG: "a foreground for --background, and the blend (two passes)",
+    Method.FLUX_TRANSPARENT: "a transparent image on FLUX.1-dev (LayerDiffuse-Flux); "
+    "--init reworks one; --cfg is FLUX's guidance",
 }
 """One line per method for `generate --help`: what it makes."""
 
@@ -463,16 +466,17 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         DEFAULT_BASES[ModelFamily.SD15]
         if serve
         else f"{DEFAULT_BASES[ModelFamily.SD15]} for SD1.5 methods, "
-        f"{DEFAULT_BASES[ModelFamily.SDXL]} for SDXL ones"
+        f"{DEFAULT_BASES[ModelFamily.SDXL]} for SDXL ones, "
+        f"{DEFAULT_BASES[ModelFamily.FLUX]} for FLUX (a non-commercial licence)"
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--demo",
         nargs="?",
         const="auto",
-        choices=["auto", "sd15", "sdxl"],
-        help="tiny random models shaped like SD1.5 or SDXL, no download (pictures are "
-        f"noise); sd15 or sdxl (default without a value: {family})",
+        choices=["auto", "sd15", "sdxl", "flux"],
+        help="tiny random models shaped like SD1.5, SDXL or FLUX.1, no download (pictures "
+        f"are noise); sd15, sdxl or flux (default without a value: {family})",
     )
     source.add_argument(
         "--base",
@@ -564,7 +568,7 @@ def _add_models(commands: Any) -> None:
         download,
         "--family",
         dest="family",
-        choices=["sd15", "sdxl"],
+        choices=["sd15", "sdxl", "flux"],
         default=None,
         help="only this family's files",
     )
@@ -666,7 +670,7 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def _generate(args: argparse.Namespace) -> int:
     # 1. What the flags say together, and the files they name: no model needed.
-    parameters = _few_step_defaults(args, _parameters_from(args))
+    parameters = _flux_defaults(args, _few_step_defaults(args, _parameters_from(args)))
     label = _labeller(args)
     sources = _input_paths(args)
     family = METHOD_SPECS[parameters.method].family
@@ -676,7 +680,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_input_roles(parameters.method, sources, label)
     except InvalidParameter as error:
         raise UsageError(str(error)) from None
-    if args.demo in ("sd15", "sdxl") and ModelFamily(args.demo) != family:
+    if args.demo in ("sd15", "sdxl", "flux") and ModelFamily(args.demo) != family:
         raise UsageError(
             f"--demo {args.demo}: {parameters.method.value} runs on {family.value} models; "
             f"give --demo {family.value}, or a method of the {args.demo} family"
@@ -717,6 +721,7 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         lora_files=lora_files,
+        family=family,
     )
     if models.is_demo:
         _say("using the demo model set: tiny random models, so the pictures are noise")
@@ -771,6 +776,23 @@ def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
         lora=_lora_name(args.lora),
         lora_weight=float(args.lora_weight),
     )
+
+
+FLUX_GUIDANCE = 3.5
+"""FLUX.1-dev's usual embedded guidance, `--cfg`'s value for FLUX unless typed."""
+
+
+def _flux_defaults(
+    args: argparse.Namespace, parameters: GenerationParameters
+) -> GenerationParameters:
+    """FLUX's guidance for `--cfg` where it was not typed (SD's 7 is far too strong)."""
+    if METHOD_SPECS[parameters.method].family is not ModelFamily.FLUX:
+        return parameters
+    if typed_flag(args, "cfg_scale", "") == "":
+        parameters = dataclasses.replace(parameters, cfg_scale=FLUX_GUIDANCE)
+    if args.demo is None:
+        _say("FLUX.1-dev is under a non-commercial licence; LayerDiffuse-Flux is AFL-3.0")
+    return parameters
 
 
 def _lora_name(value: str | None) -> str | None:

@@ -234,3 +234,101 @@ class ModelSet:
             encoder = load_transparent_encoder(self.load_layer_file(name))
             self._encoders[name] = encoder.to(device=self.device, dtype=self.dtype)
         return self._encoders[name], self.offset_scales.get(name, 1.0)
+
+
+@dataclass
+class FluxBase:
+    """FLUX.1's pieces (the names `methods.flux_transparent.FluxComponents` reads).
+
+    Attributes:
+        name: shown to users and written into PNG infotext.
+        transformer: `FluxTransformer2DModel`, LayerDiffuse-Flux's LoRA merged.
+        vae: the 16-channel `AutoencoderKL` (scaling and shift factors in its config).
+        text_encoder / tokenizer: CLIP (its pooled output).
+        text_encoder_2 / tokenizer_2: T5.
+        scheduler_config: the `FlowMatchEulerDiscreteScheduler` config.
+    """
+
+    name: str
+    transformer: torch.nn.Module
+    vae: Any
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    text_encoder_2: torch.nn.Module
+    tokenizer_2: Any
+    scheduler_config: dict[str, Any]
+    family: ModelFamily = ModelFamily.FLUX
+
+
+@dataclass
+class FluxModelSet:
+    """FLUX.1 with LayerDiffuse-Flux loaded (issue #17): what `flux_transparent` runs on.
+
+    Unlike SD's `ModelSet`, nothing is loaded per job: the release has one LoRA, merged
+    into the transformer when the set is opened (`lora`, whose `detach` takes it out),
+    and one transparent decoder and encoder.
+
+    Attributes:
+        base: the FLUX pieces.
+        decoder / encoder: LayerDiffuse-Flux's transparent decoder and offset encoder.
+        layer_lora: the merged LoRA's handle.
+        device / dtype: where and in what the transformer runs.
+        is_demo: the tiny random demo set.
+        offered_loras: none: FLUX takes no request LoRA.
+    """
+
+    base: FluxBase
+    decoder: TransparentVAEDecoder
+    encoder: TransparentVAEEncoder
+    layer_lora: Any
+    device: torch.device
+    dtype: torch.dtype
+    is_demo: bool = False
+    tiling: Tiling = field(default_factory=Tiling)
+    offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
+
+    @property
+    def family(self) -> ModelFamily:
+        return ModelFamily.FLUX
+
+    # `FluxComponents`, read by the FLUX method.
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.base.transformer
+
+    @property
+    def vae(self) -> Any:
+        return self.base.vae
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.base.text_encoder
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.base.tokenizer
+
+    @property
+    def text_encoder_2(self) -> torch.nn.Module:
+        return self.base.text_encoder_2
+
+    @property
+    def tokenizer_2(self) -> Any:
+        return self.base.tokenizer_2
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return self.base.scheduler_config
+
+    def use_lora(self, name: str | None, weight: float = 1.0) -> None:
+        """FLUX takes no request LoRA (its own is always merged).
+
+        Raises:
+            ValueError: a LoRA was named.
+        """
+        if name is not None and weight != 0.0:
+            raise ValueError("the FLUX model set takes no LoRA besides LayerDiffuse-Flux's own")
+
+
+AnyModelSet = ModelSet | FluxModelSet
+"""What the methods run on: an SD family's model set, or FLUX's."""

@@ -24,6 +24,7 @@ from enum import Enum
 
 from .errors import JobCancelled, JobFailed, JobLost, NotConnected
 from .pixels import Buffer
+from .recipes import FAMILY_LABELS
 from .timing import timed
 from .user_messages import for_close, for_connection_failure, for_error, server_label
 from .vendor import protocol, websocket_client, websocket_exceptions
@@ -279,7 +280,7 @@ class BackendClient:
         self._welcomed_here = True
         self.welcome = welcome
         model = welcome.model
-        family = "SD1.5" if model.family is protocol.ModelFamily.SD15 else "SDXL"
+        family = FAMILY_LABELS[model.family]
         demo = " — demo models, pictures are noise" if model.demo else ""
         self._set_state(
             ConnectionState.CONNECTED,

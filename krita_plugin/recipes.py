@@ -137,10 +137,26 @@ def recipe_for(
             `SDXL_TRANSPARENT_MODELS`).
 
     Raises:
-        MethodUnavailable: the family has no method for the action (together on SDXL).
+        MethodUnavailable: the family has no method for the action (together on SDXL;
+            anything but a transparent layer on FLUX).
     """
     sd15 = family is ModelFamily.SD15
     blended = (OutputLayer(_BLEND, _BELOW, visible=False),) if insert_blended else ()
+    if family is ModelFamily.FLUX:
+        if action is not Action.TRANSPARENT_LAYER:
+            raise MethodUnavailable(
+                f"“{action.label}” needs an SD1.5 or SDXL model: LayerDiffuse-Flux makes "
+                "transparent layers only. Use Transparent layer, or start the backend with "
+                "an SD1.5 or SDXL model."
+            )
+        return Recipe(
+            action,
+            family,
+            InputSource.NOTHING,
+            None,
+            Method.FLUX_TRANSPARENT,
+            (OutputLayer(_FG, _ABOVE),),
+        )
     if action is Action.TRANSPARENT_LAYER:
         if sdxl_transparent not in SDXL_TRANSPARENT_MODELS:
             raise ValueError(f"{sdxl_transparent} is not an SDXL transparent method")
@@ -176,4 +192,8 @@ def step_inputs(
 
 
 def _family_label(family: protocol.ModelFamily) -> str:
-    return "SD1.5" if family is ModelFamily.SD15 else "SDXL"
+    return FAMILY_LABELS[family]
+
+
+FAMILY_LABELS = {ModelFamily.SD15: "SD1.5", ModelFamily.SDXL: "SDXL", ModelFamily.FLUX: "FLUX"}
+"""How the docker and its messages name each model family."""

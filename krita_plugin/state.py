@@ -38,7 +38,7 @@ from .errors import (
 from .geometry import Bounds, Extent
 from .pixels import BYTES_PER_PIXEL, Buffer, alpha_strip, lazy_buffer, strips
 from .placement import Capture, InputSource, NewLayer
-from .recipes import Action, Recipe, recipe_for, step_inputs
+from .recipes import FAMILY_LABELS, Action, Recipe, recipe_for, step_inputs
 from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
 from .vendor import protocol
 
@@ -214,22 +214,29 @@ LAYER_PROMPT_SETTINGS = {
 """The setting that holds each layer role's prompt."""
 
 
+SD_SETTINGS = (
+    "negative_prompt", "speed", "sampler", "stop_at", "hires", "hires_strength",
+)  # fmt: skip
+"""Settings of the SD families' every method that FLUX's has no use for (no negative pass,
+no sampler choice, its LoRA always on, no second pass)."""
+
+
 def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> frozenset[str]:
     """The generation settings that change what `action` makes on `family` (None: the
     family is not known yet, so every setting any family reads).
 
-    Always: negative prompt, speed, steps, CFG, seed, sampler, Stop At, fit to native size,
-    the second pass and its strength.
+    Always: steps, CFG (FLUX's guidance on FLUX), seed, fit to native size; on SD1.5 and
+    SDXL also the negative prompt, speed, sampler, Stop At, the second pass and its
+    strength.
     Only where they matter: the weight (the SDXL layer models; SD1.5 ignores it), the
     SDXL transparent model (attention or conv), the layer prompts the recipe's methods
     read, and "insert blended" for the recipes that make a blended image.
     """
-    names = {
-        "negative_prompt", "speed", "steps", "cfg_scale", "seed", "random_seed", "sampler",
-        "stop_at", "fit_to_native", "hires", "hires_strength",
-    }  # fmt: skip
+    names = {"steps", "cfg_scale", "seed", "random_seed", "fit_to_native"}
     families = tuple(protocol.ModelFamily) if family is None else (family,)
     for each in families:
+        if each is not protocol.ModelFamily.FLUX:  # FLUX: guidance-distilled flow matching
+            names.update(SD_SETTINGS)
         try:
             plain = recipe_for(action, each)
             with_blended = recipe_for(action, each, insert_blended=True)
@@ -428,7 +435,7 @@ class DockerState:
         """The connection in a word or two, for the docker's top row (e.g. "SD1.5 demo")."""
         welcome = self.client.welcome
         if self.connection is ConnectionState.CONNECTED and welcome is not None:
-            family = "SD1.5" if welcome.model.family is protocol.ModelFamily.SD15 else "SDXL"
+            family = FAMILY_LABELS[welcome.model.family]
             return f"{family} demo" if welcome.model.demo else family
         if self.connection is ConnectionState.CONNECTING:
             return "Connecting…"

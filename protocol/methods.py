@@ -12,10 +12,13 @@ from enum import Enum
 
 
 class ModelFamily(str, Enum):
-    """The base model a method runs on."""
+    """The base model a method runs on. `FLUX` (since 1.2) is FLUX.1-dev with
+    LayerDiffuse-Flux (`RedAIGC/Flux-version-LayerDiffuse`); a 1.1 client cannot read a
+    FLUX server's `welcome`."""
 
     SD15 = "sd15"
     SDXL = "sdxl"
+    FLUX = "flux"
 
 
 class LayerRole(str, Enum):
@@ -49,8 +52,9 @@ class Hires(str, Enum):
 
 
 class Method(str, Enum):
-    """The ten methods of the original extension (sd-forge-layerdiffuse), and our two
-    one-click SDXL workflows that chain two of them (`sdxl_fg2bg`, `sdxl_bg2fg`)."""
+    """The ten methods of the original extension (sd-forge-layerdiffuse), our two
+    one-click SDXL workflows that chain two of them (`sdxl_fg2bg`, `sdxl_bg2fg`), and
+    LayerDiffuse-Flux's transparent image (`flux_transparent`, since 1.2)."""
 
     SD15_TRANSPARENT = "sd15_transparent"
     SD15_JOINT = "sd15_joint"
@@ -64,6 +68,7 @@ class Method(str, Enum):
     SDXL_BG_BLEND_TO_FG = "sdxl_bgble2fg"
     SDXL_FG_TO_BG = "sdxl_fg2bg"
     SDXL_BG_TO_FG = "sdxl_bg2fg"
+    FLUX_TRANSPARENT = "flux_transparent"
 
 
 class Sampler(str, Enum):
@@ -262,5 +267,13 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         required_inputs=(_BG,),
         optional_inputs=(_MASK,),
         outputs=(_FG, _BLEND),
+    ),
+    Method.FLUX_TRANSPARENT: MethodSpec(
+        ModelFamily.FLUX,
+        "(FLUX.1) Only Generate Transparent Image (LayerDiffuse-Flux LoRA)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_FG, _MASK),
+        outputs=(_FG,),
     ),
 }

@@ -23,7 +23,9 @@ later.
 
 1.2 added the request fields `lora` and `lora_weight`, the samplers `lcm`,
 `lcm_sgm_uniform` and `euler_sgm_uniform` (few-step mode) and `capabilities.loras`; a
-client names a LoRA or one of those samplers only if the server's `welcome` offers it."""
+client names a LoRA or one of those samplers only if the server's `welcome` offers it.
+1.2 also added the model family `flux` and its method `flux_transparent`: a 1.1 client
+cannot read a FLUX server's `welcome` (an unknown family) and says so."""
 
 
 def check_compatible(peer: tuple[int, int]) -> None:

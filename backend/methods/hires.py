@@ -36,14 +36,21 @@ from .schedule import plan_schedule
 from .sdxl_blending import second_step
 from .sizing import AREA_TOLERANCE
 
-NATIVE_AREAS = {ModelFamily.SD15: 512 * 512, ModelFamily.SDXL: 1024 * 1024}
+NATIVE_AREAS = {
+    ModelFamily.SD15: 512 * 512,
+    ModelFamily.SDXL: 1024 * 1024,
+    ModelFamily.FLUX: 1024 * 1024,
+}
 """Pixels of each family's native generation."""
 
 
 def has_second_pass(request: GenerationRequest) -> bool:
     """Whether a request runs in two passes: `hires` on above the native area, auto above
-    1.2 × it, off never."""
-    native = NATIVE_AREAS[METHOD_SPECS[request.method].family]
+    1.2 × it, off never; FLUX's method runs in one (a second pass is made for SD's)."""
+    family = METHOD_SPECS[request.method].family
+    if family is ModelFamily.FLUX:
+        return False
+    native = NATIVE_AREAS[family]
     area = request.width * request.height
     if request.hires is Hires.ON:
         return area > native

@@ -42,10 +42,17 @@ def format_parameters(
     """
     spec = METHOD_SPECS[request.method]
     width, height = generation_size
-    fields: list[tuple[str, object]] = [
-        ("Steps", request.steps),
-        ("Sampler", request.sampler.label),
-        ("CFG scale", _number(request.cfg_scale)),
+    fields: list[tuple[str, object]] = [("Steps", request.steps)]
+    if spec.family.value == "flux":  # Forge's FLUX fields: guidance embedded, one pass
+        fields += [
+            ("Sampler", "Euler"),
+            ("Schedule type", "Simple"),
+            ("CFG scale", "1"),
+            ("Distilled CFG Scale", _number(request.cfg_scale)),
+        ]
+    else:
+        fields += [("Sampler", request.sampler.label), ("CFG scale", _number(request.cfg_scale))]
+    fields += [
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", model_name),

@@ -1,7 +1,8 @@
 """Cheap progress previews: latents → a small RGB image by a fixed linear map.
 
-The factors are the widely used "latent RGB factors" of the SD1.5 and SDXL latent spaces
-(as ComfyUI and A1111 use for their fast previews). LayerDiffuse's transparent latents
+The factors are the widely used "latent RGB factors" of the SD1.5, SDXL and FLUX.1 latent
+spaces (as ComfyUI and A1111 use for their fast previews; FLUX's 16 channels are
+ComfyUI's `latent_formats.Flux`). LayerDiffuse's transparent latents
 are close enough for a preview: the point is to show the composition forming.
 """
 
@@ -32,6 +33,27 @@ _FACTORS = {
         ],
         [0.1084, -0.0175, -0.0011],
     ),
+    ModelFamily.FLUX: (
+        [
+            [-0.0346, 0.0244, 0.0681],
+            [0.0034, 0.0210, 0.0687],
+            [0.0275, -0.0668, -0.0433],
+            [-0.0174, 0.0160, 0.0617],
+            [0.0859, 0.0721, 0.0329],
+            [0.0004, 0.0383, 0.0115],
+            [0.0405, 0.0861, 0.0915],
+            [-0.0236, -0.0185, -0.0259],
+            [-0.0245, 0.0250, 0.1180],
+            [0.1008, 0.0755, -0.0421],
+            [-0.0515, 0.0201, 0.0011],
+            [0.0428, -0.0012, -0.0036],
+            [0.0817, 0.0765, 0.0749],
+            [-0.1264, -0.0522, -0.1103],
+            [-0.0280, -0.0881, -0.0499],
+            [-0.1262, -0.0982, -0.0778],
+        ],
+        [-0.0329, -0.0718, -0.0851],
+    ),
 }
 
 
@@ -42,7 +64,8 @@ def latent_preview(
     """A preview of the first row of `latents`.
 
     Args:
-        latents: (B, 4, h, w) scaled latents as the sampler holds them.
+        latents: (B, C, h, w) scaled latents as the sampler holds them (C = 4, or 16
+            for FLUX).
         family: which latent space.
         max_side: the preview's longest side in pixels (it is never larger than 8× the latent).
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from protocol import METHOD_SPECS, LoRAInfo, Method, ModelFamily
 
 from ..errors import InvalidRequest
-from ..model_set import ModelSet
-from . import sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
+from ..model_set import AnyModelSet
+from . import flux_transparent, sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
 from .denoise import StepCallback, no_progress
 from .hires import has_second_pass, run_two_passes
 from .masking import apply_mask
@@ -27,6 +27,7 @@ METHOD_RUNNERS: dict[Method, MethodRunner] = {
     Method.SDXL_BG_BLEND_TO_FG: sdxl_blending.run_bg_blend_to_fg,
     Method.SDXL_FG_TO_BG: sdxl_blending.run_fg_to_bg,
     Method.SDXL_BG_TO_FG: sdxl_blending.run_bg_to_fg,
+    Method.FLUX_TRANSPARENT: flux_transparent.run,
 }
 
 
@@ -35,7 +36,7 @@ def available_methods() -> list[Method]:
     return [method for method in Method if method in METHOD_RUNNERS]
 
 
-def check_request(request: GenerationRequest, models: ModelSet | None = None) -> None:
+def check_request(request: GenerationRequest, models: AnyModelSet | None = None) -> None:
     """Validate a request before any tensor exists; with `models`, against the loaded model too.
 
     Callers check without `models` before loading anything, so a bad request never
@@ -85,7 +86,7 @@ def check_lora(
 
 
 def run_method(
-    request: GenerationRequest, models: ModelSet, on_step: StepCallback = no_progress
+    request: GenerationRequest, models: AnyModelSet, on_step: StepCallback = no_progress
 ) -> GenerationResult:
     """Check the request, then run its method, in two passes for a canvas larger than the
     native area (`hires`); a selection shapes the results."""

@@ -43,6 +43,8 @@ class FileKind(str, Enum):
     TRANSPARENT_DECODER = "transparent_decoder"
     TRANSPARENT_ENCODER = "transparent_encoder"
     FEW_STEP_LORA = "few_step_lora"
+    FLUX_LORA = "flux_lora"
+    FLUX_TRANSPARENT_VAE = "flux_transparent_vae"
 
 
 @dataclass(frozen=True)
@@ -388,8 +390,49 @@ not listed: no sha256 of its released files could be confirmed (a file of it giv
 path works, as any LoRA does).
 """
 
-CATALOGUE: dict[str, ReleasedFile] = RELEASED_FILES | FEW_STEP_LORAS
-"""Every file the store can fetch by name: the LayerDiffuse files and the few-step LoRAs."""
+FLUX_REPO = "RedAIGC/Flux-version-LayerDiffuse"
+_FLUX = ModelFamily.FLUX
+_AFL = "LayerDiffuse-Flux files: AFL-3.0; FLUX.1-dev itself: non-commercial licence"
+
+FLUX_FILES: dict[str, ReleasedFile] = {
+    entry.name: entry
+    for entry in (
+        ReleasedFile(
+            name="flux_layerlora",
+            filename="layerlora.safetensors",
+            kind=FileKind.FLUX_LORA,
+            family=_FLUX,
+            size_bytes=1_230_000_000,
+            sha256="ffa34d60e92c7bcd6414dc7a8735e27d5138bcda5248b3131329b3f405aadb53",
+            description="flux.1-dev lora: the transformer into the transparent latent space",
+            size_exact=False,
+            repo_id=FLUX_REPO,
+            licence=_AFL,
+        ),
+        ReleasedFile(
+            name="flux_transparent_vae",
+            filename="TransparentVAE.pth",
+            kind=FileKind.FLUX_TRANSPARENT_VAE,
+            family=_FLUX,
+            size_bytes=379_000_000,
+            sha256="557c68a36b84ca604b9232824eea720fba002281bd9b0007a444137359538b4e",
+            description="flux.1 transparent vae decoder and encoder (a pickle: converted once)",
+            size_exact=False,
+            repo_id=FLUX_REPO,
+            licence=_AFL,
+        ),
+    )
+}
+"""LayerDiffuse-Flux's two files (issue #17). The LoRA's sha256 is its Hugging Face file
+page's; the `.pth`'s is a mirror's (the `ginigen/Flux-LayerDiffuse` space), not yet
+compared with RedAIGC's own pointer; both sizes are the listing's rounded figures. The
+`.pth` is a pickle: the store downloads and hash-checks it like any file, and
+`layerdiffuse.flux_weights.load_released_pickle` reads it once (`weights_only=True`,
+after the sha256 matched) into a safetensors file that is loaded from then on."""
+
+CATALOGUE: dict[str, ReleasedFile] = RELEASED_FILES | FEW_STEP_LORAS | FLUX_FILES
+"""Every file the store can fetch by name: the LayerDiffuse files, the few-step LoRAs and
+LayerDiffuse-Flux's."""
 
 
 def find_released_file(name: str, catalogue: Mapping[str, ReleasedFile]) -> ReleasedFile:

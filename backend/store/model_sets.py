@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from backend.errors import ModelNotFound
-from backend.model_set import ModelSet
+from backend.model_set import AnyModelSet, ModelSet
 from backend.store.catalogue import FileKind, ReleasedFile
 from backend.store.checkpoints import load_base_model
 from backend.store.demo import DEMO_NAMES, ensure_demo_set
 from backend.store.download import ModelStore
+from backend.store.flux_sets import is_flux_source, open_flux_demo_set, open_flux_set
 from protocol import LoRAInfo, ModelFamily
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def open_model_set(
     dtype: str | None = None,
     cache_dir: Path | None = None,
     lora_files: Mapping[str, Path] | None = None,
-) -> ModelSet:
+    family: ModelFamily | None = None,
+) -> AnyModelSet:
     """Load a base model and make the LayerDiffuse files available to the methods.
 
     Args:
@@ -63,6 +65,11 @@ def open_model_set(
         cache_dir: the store's own cache folder (demo set, verified-file records).
         lora_files: LoRA files offered besides the catalogue's few-step ones, by name
             (`lora_folder`); a name of the catalogue given here takes this file.
+        family: the family `base` is known to be (the CLI knows it from the method);
+            None: FLUX when `flux_sets.is_flux_source` says so, else read from the files.
+
+    Returns:
+        A `ModelSet`, or a `FluxModelSet` for FLUX (`demo_family` or `family` FLUX).
 
     Raises:
         ModelNotFound, UnsupportedModel, ModelHashMismatch: from the store.
@@ -70,6 +77,25 @@ def open_model_set(
     """
     target = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, target)
+    flux = demo_family is ModelFamily.FLUX if demo else family is ModelFamily.FLUX
+    if not demo and family is None and base is not None:
+        flux = is_flux_source(base)
+    if flux:
+        if lora_files:
+            raise ModelNotFound("FLUX takes no LoRA besides LayerDiffuse-Flux's own")
+        if demo:
+            return open_flux_demo_set(cache_dir, target, compute_dtype)
+        if base is None:
+            raise ValueError("give a base model or ask for the demo set")
+        store = ModelStore(models_dir=models_dir, offline=offline, state_dir=cache_dir)
+        return open_flux_set(
+            base,
+            store,
+            device=target,
+            dtype=compute_dtype,
+            offline=store.offline,
+            cache_dir=cache_dir,
+        )
     if demo:
         demo_set = ensure_demo_set(cache_dir, demo_family)
         store = ModelStore(

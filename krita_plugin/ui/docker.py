@@ -65,6 +65,7 @@ _FAMILY_CHOICES = (
     (FAMILY_AUTO, "Automatic"),
     (protocol.ModelFamily.SD15.value, "SD1.5"),
     (protocol.ModelFamily.SDXL.value, "SDXL"),
+    (protocol.ModelFamily.FLUX.value, "FLUX"),
 )
 _MAKE_CHOICES = (
     (Action.TRANSPARENT_LAYER.value, "Transparent layer"),

@@ -53,7 +53,7 @@ CASES: list[tuple[list[str], str]] = [
         ["generate", "--method", "sd15_magic"],
         "error: --method: 'sd15_magic' is not one of sd15_transparent, sd15_joint, sd15_fg2bg, "
         "sd15_bg2fg, sdxl_transparent_attn, sdxl_transparent_conv, sdxl_fg2ble, "
-        "sdxl_fgble2bg, sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg",
+        "sdxl_fgble2bg, sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent",
     ),
     (
         ["generate", "--method", "sd15_fg2bg"],
@@ -113,7 +113,7 @@ CASES: list[tuple[list[str], str]] = [
     ),
     (
         ["models", "download", "--family", "sd21"],
-        "error: --family: 'sd21' is not one of sd15, sdxl",
+        "error: --family: 'sd21' is not one of sd15, sdxl, flux",
     ),
     (
         ["models", "list", "--models-dir", "nowhere"],

@@ -139,6 +139,16 @@ def demo_sdxl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoS
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def demo_flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """A demo backend with the FLUX-shaped models (its one method is flux_transparent)."""
+    server = start_demo_server(tmp_path_factory.mktemp("demo-flux-server"), family="flux")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @contextlib.asynccontextmanager
 async def running_client(url: str, token: str = "") -> AsyncIterator[BackendClient]:
     """A client whose connection loop runs while the block runs."""

@@ -112,3 +112,15 @@ def test_the_sdxl_transparent_layer_runs_attention_or_conv_as_chosen() -> None:
     assert sd15.method is Method.SD15_TRANSPARENT
     with pytest.raises(ValueError, match="not an SDXL transparent method"):
         recipe_for(Action.TRANSPARENT_LAYER, SDXL, sdxl_transparent=Method.SDXL_FG_TO_BLEND)
+
+
+def test_on_flux_only_a_transparent_layer_runs() -> None:
+    """LayerDiffuse-Flux makes transparent layers; the other actions say what they need."""
+    recipe = recipe_for(Action.TRANSPARENT_LAYER, ModelFamily.FLUX)
+    assert recipe.method is Method.FLUX_TRANSPARENT
+    assert [(o.role, o.placement) for o in recipe.outputs] == [
+        (LayerRole.FOREGROUND, Placement.ABOVE)
+    ]
+    for action in (Action.BACKGROUND, Action.FOREGROUND, Action.TOGETHER):
+        with pytest.raises(MethodUnavailable, match=r"needs an SD1\.5 or SDXL model"):
+            recipe_for(action, ModelFamily.FLUX)

@@ -761,3 +761,10 @@ def test_a_speed_lora_the_backend_does_not_offer_is_refused_before_a_trigger() -
     )
     assert state.generate(Action.TRANSPARENT_LAYER) is None
     assert backend.submits == []
+
+
+def test_on_flux_the_settings_are_its_own() -> None:
+    """No negative prompt, sampler, speed, Stop At or second pass: FLUX.1-dev has none."""
+    assert applicable_settings(Action.TRANSPARENT_LAYER, ModelFamily.FLUX) == {
+        "steps", "cfg_scale", "seed", "random_seed", "fit_to_native",
+    }  # fmt: skip

@@ -417,7 +417,7 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
         InvalidField,
         "request.method: expected one of sd15_transparent, sd15_joint, sd15_fg2bg, sd15_bg2fg, "
         "sdxl_transparent_attn, sdxl_transparent_conv, sdxl_fg2ble, sdxl_fgble2bg, "
-        "sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, got 'sd3'",
+        "sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent, got 'sd3'",
         "j1",
     ),
     (

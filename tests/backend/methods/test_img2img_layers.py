@@ -63,6 +63,7 @@ def test_exactly_the_methods_with_a_transparent_output_take_a_foreground_to_rewo
         Method.SD15_TRANSPARENT,
         Method.SDXL_TRANSPARENT_ATTN,
         Method.SDXL_TRANSPARENT_CONV,
+        Method.FLUX_TRANSPARENT,
         *IMG2IMG_METHODS,
     }
     for method in reworkable:  # the original decodes each with alpha

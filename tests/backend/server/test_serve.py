@@ -10,6 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from backend.store.model_sets import open_model_set
 from protocol import (
     METHOD_SPECS,
     ErrorCode,
@@ -19,13 +20,14 @@ from protocol import (
     JobStatus,
     LayerRole,
     Method,
+    ModelFamily,
     PixelFormat,
     ProgressReceived,
     ResultReceived,
     Sampler,
 )
 
-from .conftest import ProtocolClient, RunningServer
+from .conftest import ProtocolClient, RunningServer, run_with_server
 
 FG, BG = LayerRole.FOREGROUND, LayerRole.BACKGROUND
 
@@ -459,3 +461,27 @@ def test_welcome_offers_the_few_step_loras_and_a_job_runs_with_one(
     with_server(scenario)
     assert demo_models.lora == ("hyper_sd15_8steps", 1.0)  # merged, and kept for the next
     demo_models.use_lora(None)  # the session's models, left as found
+
+
+def test_a_flux_server_offers_its_method_and_runs_a_job(demo_cache_dir) -> None:
+    """Protocol 1.2's FLUX family: the welcome says it, and a job streams as any."""
+    flux_set = open_model_set(
+        demo=True, demo_family=ModelFamily.FLUX, cache_dir=demo_cache_dir, device="cpu"
+    )
+
+    async def scenario(server: RunningServer) -> None:
+        async with server.client() as client:
+            welcome = (await client.hello()).welcome
+            assert welcome.model.family is ModelFamily.FLUX
+            assert welcome.capabilities.methods == (Method.FLUX_TRANSPARENT,)
+            assert welcome.capabilities.families == (ModelFamily.FLUX,)
+            assert welcome.capabilities.loras == ()
+            await client.submit("f1", Method.FLUX_TRANSPARENT, width=64, height=64)
+            events = await client.until_done("f1")
+        assert isinstance(events[-1], JobDone)
+        assert events[-1].done.status is JobStatus.COMPLETED
+        progress = [e for e in events if isinstance(e, ProgressReceived)]
+        assert [p.progress.step for p in progress] == [1, 2]
+        assert all(p.preview for p in progress)
+
+    run_with_server(flux_set, scenario)

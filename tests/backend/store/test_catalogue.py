@@ -11,6 +11,7 @@ from backend.errors import ModelNotFound
 from backend.store.catalogue import (
     CATALOGUE,
     FEW_STEP_LORAS,
+    FLUX_FILES,
     LAYERDIFFUSION_REPO,
     RELEASED_FILES,
     FileKind,
@@ -107,7 +108,7 @@ def test_summaries_read_like_the_hub_listing() -> None:
 def test_the_few_step_loras_carry_hashes_sizes_and_their_settings() -> None:
     """Each distilled LoRA: a full sha256, its own repository and file, and the sampler,
     steps and CFG its authors advise (guidance 0 is CFG 1: no negative pass)."""
-    assert set(CATALOGUE) == set(RELEASED_FILES) | set(FEW_STEP_LORAS)
+    assert set(CATALOGUE) == set(RELEASED_FILES) | set(FEW_STEP_LORAS) | set(FLUX_FILES)
     assert len(FEW_STEP_LORAS) == 7
     for entry in FEW_STEP_LORAS.values():
         assert entry.kind is FileKind.FEW_STEP_LORA
@@ -119,3 +120,17 @@ def test_the_few_step_loras_carry_hashes_sizes_and_their_settings() -> None:
     assert (dmd2.few_step.sampler, dmd2.few_step.steps) == (Sampler.LCM_SGM_UNIFORM, 4)
     assert dmd2.licence is not None and "non-commercial" in dmd2.licence
     assert released_file("sdxl_lightning_4step_lora.safetensors").family is ModelFamily.SDXL
+
+
+def test_layerdiffuse_flux_files_are_listed_with_their_licence_and_hashes() -> None:
+    """The `.pth` is a pickle: listed like any file (downloaded and hash-checked by the
+    store), read only through the safe conversion, never by `load_state_dict`."""
+    assert sorted(FLUX_FILES) == ["flux_layerlora", "flux_transparent_vae"]
+    for entry in FLUX_FILES.values():
+        assert (
+            entry.family is ModelFamily.FLUX
+            and entry.repo_id == "RedAIGC/Flux-version-LayerDiffuse"
+        )
+        assert entry.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+        assert entry.licence is not None and "AFL-3.0" in entry.licence
+    assert FLUX_FILES["flux_transparent_vae"].filename == "TransparentVAE.pth"

@@ -186,6 +186,15 @@ def krita_sdxl_run(
     )
 
 
+@pytest.fixture(scope="module")
+def krita_flux_run(
+    tmp_path_factory: pytest.TempPathFactory, plugin_zip: Path, demo_flux_server: DemoServer
+) -> dict[str, Any]:
+    """Krita with the driver's FLUX scenario against the FLUX demo backend."""
+    folder = tmp_path_factory.mktemp("krita-e2e-flux")
+    return run_krita(folder, plugin_zip, demo_flux_server, "flux")
+
+
 def _context(run: dict[str, Any]) -> str:
     record = run["record"]
     return (
@@ -327,6 +336,30 @@ def test_sdxl_the_actions_ran_the_sdxl_methods(krita_sdxl_run: dict[str, Any]) -
         f"job {jobs[1][0]}: sdxl_transparent_attn, 160x120, 0 input(s), "
         "LoRA sdxl_lightning_4step (4 steps)"
     ), with_lora
+
+
+FLUX_GROUPS = {
+    "docker": "the docker appears and connects to the FLUX backend, naming it",
+    "actions": "the four actions exist, in Tools ▸ Scripts, with the .action file's texts",
+    "layout": "at the default window size nothing is cut off and the essentials show unscrolled",
+    "layer": "generate_layer inserts one transparent layer (flux_transparent) above the active",
+    "refused": "the background action is off on FLUX, its tooltip saying what it needs",
+    "settings": "the Settings section shows only what FLUX reads",
+}
+
+
+def test_flux_krita_ran_the_scenario_and_quit(krita_flux_run: dict[str, Any]) -> None:
+    record = krita_flux_run["record"]
+    assert record.get("finished") is True, _context(krita_flux_run)
+    assert krita_flux_run["status"] == 0, _context(krita_flux_run)
+    checks = record["checks"]
+    assert [name for name in checks if _group(name) not in FLUX_GROUPS] == []
+    failed = {name: check for name, check in checks.items() if not check["ok"]}
+    assert not failed, f"{failed}\n{_context(krita_flux_run)}"
+    for group in FLUX_GROUPS:
+        assert any(_group(name) == group for name in checks), group
+    jobs = JOB_LINE.findall(krita_flux_run["plugin_log_full"])
+    assert [(method, size) for _, method, size, _ in jobs] == [("flux_transparent", "160x120")]
 
 
 def test_sdxl_family_chosen_in_the_docker_is_saved_in_kritarc(

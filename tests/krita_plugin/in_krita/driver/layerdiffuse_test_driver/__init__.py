@@ -1053,6 +1053,38 @@ def scenario_sdxl(run):
     method.setCurrentIndex(method.findData("transparent_layer"))
 
 
+def scenario_flux(run):
+    """Against a FLUX backend (protocol 1.2): the docker names it, a transparent layer is
+    made with LayerDiffuse-Flux, the other actions are off saying why, and Settings shows
+    only what FLUX reads."""
+    scene, _dock = yield from open_scene(run)
+    app, document = scene.app, scene.document
+    status = docker_widget("connection_status", QLabel)
+    run.check("docker_connected_to_flux", "FLUX" in status.toolTip(), status.toolTip())
+    layer = yield from scene.transparent_layer()
+    background = app.action("layerdiffuse_generate_background")
+    yield activate(document, by_name(document, USER_LAYER))
+    yield Wait("the background action to be off", lambda: not background.isEnabled(), 10.0)
+    run.check(
+        "refused:background_says_why",
+        "needs an SD1.5 or SDXL model" in background.toolTip(),
+        background.toolTip(),
+    )
+    before = set(ids(document))
+    background.trigger()  # disabled: nothing happens
+    yield Sleep(0.5)
+    run.check("refused:nothing_inserted", set(ids(document)) == before, names(document))
+    yield from open_settings(True)
+    check_settings_shown(
+        run,
+        "flux_transparent_layer",
+        shown=("steps", "cfg_scale", "seed"),
+        hidden=("negative_prompt", "sampler", "speed", "stop_at", "hires", "weight"),
+    )
+    yield from open_settings(False)
+    run.check("layer:kept", layer.name() in names(document), names(document))
+
+
 def is_opaque_in(node, document, region):
     """Every pixel of `node` inside `region` is fully opaque."""
     x, y, width, height = region
@@ -1165,7 +1197,12 @@ def scenario_responsive(run):
         yield Sleep(1.0)
 
 
-SCENARIOS = {"sd15": scenario_sd15, "sdxl": scenario_sdxl, "responsive": scenario_responsive}
+SCENARIOS = {
+    "sd15": scenario_sd15,
+    "sdxl": scenario_sdxl,
+    "flux": scenario_flux,
+    "responsive": scenario_responsive,
+}
 
 
 def scenario(run):
