@@ -21,6 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": {"protocol"},
     "backend.errors": {"protocol"},
     "backend.layerdiffuse": {"backend.layerdiffuse", "torch", "diffusers", "safetensors", "numpy"},
+    # Split into Layers (Qwen-Image-Layered) and the matting fallback (issue #19).
+    "backend.split": {"backend.split", "torch", "diffusers", "transformers", "numpy", "PIL"},
     # LoRAs merged into a base model: weight patches of the same kind as the layer files.
     "backend.loras": {"backend.loras", "backend.layerdiffuse", "torch"},
     "backend.model_set": {
