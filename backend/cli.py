@@ -524,6 +524,15 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         help="the side of those tiles, which overlap by 128 pixels",
     )
     if serve:
+        choice_flag(
+            parser,
+            "--warm-up",
+            dest="warm_up",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="run one small transparent layer before listening, so the first painter's "
+            "job does not pay for loading (auto: on for a real model on a GPU)",
+        )
         parser.add_argument(
             "--lora-dir",
             type=_folder,
@@ -998,6 +1007,14 @@ def _quiet_libraries() -> None:
 # -- serve ---------------------------------------------------------------------------
 
 
+def _warms_up(choice: str, models: Any) -> bool:
+    """`--warm-up`: auto is on for a real model on a GPU (where the first job pays for
+    kernel selection and loading), off for the demo set and the CPU."""
+    if choice != "auto":
+        return choice == "on"
+    return not models.is_demo and models.device.type != "cpu"
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
@@ -1058,6 +1075,10 @@ def _serve(args: argparse.Namespace) -> int:
         models, executor, demo = None, cluster.executor(), cluster.replica.model.demo
     if demo:
         _say("serving the demo model set: tiny random models, so the pictures are noise")
+    if models is not None and _warms_up(args.warm_up, models):
+        from .methods.warmup import warm_up
+
+        _say(f"warmed up in {warm_up(models):.1f} s (a first transparent layer, thrown away)")
 
     async def main() -> None:
         stop = asyncio.Event()

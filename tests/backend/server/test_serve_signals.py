@@ -27,13 +27,14 @@ EXIT_BOUND = 5.0
 """Seconds a stopped server may take to exit (the goal is 2 s idle, one step busy)."""
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(folder: Path, *options: str) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """The demo backend started with `options`; its port and the lines it printed first."""
     environment = dict(
         os.environ, XDG_CACHE_HOME=str(folder / "cache"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"
     )
     environment.pop("LAYERDIFFUSE_TOKEN", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve", "--demo", "--port", "0"],
+        [sys.executable, "-m", "backend", "serve", "--demo", "--port", "0", *options],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,
@@ -42,11 +43,13 @@ def start_server(folder: Path) -> tuple[subprocess.Popen[str], int]:
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 120
+    before: list[str] = []
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
         if match:
-            return process, int(match.group(1))
+            return process, int(match.group(1)), before
+        before.append(line.strip())
         if not line and process.poll() is not None:
             break
     process.kill()
@@ -67,7 +70,10 @@ def seconds_to_exit(process: subprocess.Popen[str]) -> float:
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_sigterm_stops_the_server_promptly(tmp_path: Path, busy: bool) -> None:
-    process, port = start_server(tmp_path)
+    """Idle, it was started with `--warm-up on`: its first job ran before it listened."""
+    process, port, before = start_server(tmp_path, *([] if busy else ["--warm-up", "on"]))
+    warmed = [line for line in before if line.startswith("warmed up in ")]
+    assert len(warmed) == (0 if busy else 1), before
 
     async def scenario() -> float:
         async with connect(f"ws://127.0.0.1:{port}", max_size=None) as websocket:
