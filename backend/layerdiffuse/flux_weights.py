@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .flux_transparent_vae import FluxTransparentVAEDecoder, FluxTransparentVAEEncoder
+from .released_weights import decoder_layout, load_strict
 from .sdxl_keys import LoRAPatch
 from .weight_patches import OriginalsPlace, ParameterSwap, merged_tensor
 
@@ -208,22 +209,13 @@ def load_flux_transparent_decoder(
     Raises:
         ValueError: the tensors are not a transparent decoder's.
     """
-    try:
-        levels = 1 + max(
-            int(key.split(".")[1]) for key in state_dict if key.startswith("down_blocks.")
-        )
-        channels = [
-            state_dict[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)
-        ]
-        layers = 1 + max(
-            int(key.split(".")[3]) for key in state_dict if key.startswith("down_blocks.0.resnets.")
-        )
-        latent_channels = state_dict["latent_conv_in.weight"].shape[1]
-    except (ValueError, KeyError) as error:
-        raise ValueError(f"not a transparent decoder state dict: {error}") from error
+    channels, layers = decoder_layout(state_dict)
+    if "latent_conv_in.weight" not in state_dict:
+        raise ValueError("not a transparent decoder state dict: no latent_conv_in.weight")
+    latent_channels = state_dict["latent_conv_in.weight"].shape[1]
     with torch.device("meta"):  # no random init: the file's tensors become the parameters
         decoder = FluxTransparentVAEDecoder(channels, layers, latent_channels)
-    _load_strict(decoder, state_dict, "transparent decoder")
+    load_strict(decoder, state_dict, "transparent decoder")
     return decoder.eval()
 
 
@@ -242,15 +234,8 @@ def load_flux_transparent_encoder(
         raise ValueError(f"not a transparent encoder state dict: missing {error}") from error
     with torch.device("meta"):
         encoder = FluxTransparentVAEEncoder(widths, latent_channels)
-    _load_strict(encoder, state_dict, "transparent encoder")
+    load_strict(encoder, state_dict, "transparent encoder")
     return encoder.eval()
-
-
-def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    try:
-        module.load_state_dict(dict(state_dict), strict=True, assign=True)
-    except RuntimeError as error:
-        raise ValueError(f"the file is not a {what} of the released format: {error}") from error
 
 
 # --- layerlora.safetensors -----------------------------------------------------------------

@@ -37,6 +37,20 @@ def load_transparent_decoder(state_dict: Mapping[str, torch.Tensor]) -> Transpar
     Raises:
         ValueError: the tensors are not a transparent decoder's.
     """
+    channels, layers = decoder_layout(state_dict)
+    with torch.device("meta"):  # no random init: the file's tensors become the parameters
+        decoder = TransparentVAEDecoder(block_out_channels=channels, layers_per_block=layers)
+    load_strict(decoder, state_dict, "transparent decoder")
+    return decoder.eval()
+
+
+def decoder_layout(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[int], int]:
+    """A transparent decoder's block widths and ResBlocks per level, read from its keys
+    (SD's and FLUX's decoders are laid out alike).
+
+    Raises:
+        ValueError: the tensors are not a transparent decoder's.
+    """
     try:
         levels = 1 + max(
             int(key.split(".")[1]) for key in state_dict if key.startswith("down_blocks.")
@@ -49,10 +63,7 @@ def load_transparent_decoder(state_dict: Mapping[str, torch.Tensor]) -> Transpar
         )
     except (ValueError, KeyError) as error:
         raise ValueError(f"not a transparent decoder state dict: {error}") from error
-    with torch.device("meta"):  # no random init: the file's tensors become the parameters
-        decoder = TransparentVAEDecoder(block_out_channels=channels, layers_per_block=layers)
-    _load_strict(decoder, state_dict, "transparent decoder")
-    return decoder.eval()
+    return channels, layers
 
 
 def load_transparent_encoder(state_dict: Mapping[str, torch.Tensor]) -> TransparentVAEEncoder:
@@ -68,13 +79,16 @@ def load_transparent_encoder(state_dict: Mapping[str, torch.Tensor]) -> Transpar
         raise ValueError(f"not a transparent encoder state dict: missing {error}") from error
     with torch.device("meta"):
         encoder = TransparentVAEEncoder(channels=widths)
-    _load_strict(encoder, state_dict, "transparent encoder")
+    load_strict(encoder, state_dict, "transparent encoder")
     return encoder.eval()
 
 
-def _load_strict(
-    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str
-) -> None:
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load `state_dict` into `module` (built on `meta`) strictly, its tensors assigned.
+
+    Raises:
+        ValueError: a key missing or unexpected, or a shape that differs.
+    """
     try:
         module.load_state_dict(dict(state_dict), strict=True, assign=True)
     except RuntimeError as error:

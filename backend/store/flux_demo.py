@@ -26,24 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..layerdiffuse.flux_transparent_vae import (
     FluxTransparentVAEDecoder,
     FluxTransparentVAEEncoder,
 )
 from ..layerdiffuse.flux_weights import (
-    FluxLoRAHandle,
-    attach_flux_lora,
     flux_lora_key_shapes,
-    load_flux_transparent_decoder,
-    load_flux_transparent_encoder,
-    load_released_pickle,
-    parse_flux_lora,
-    split_transparent_vae,
 )
-from ..layerdiffuse.transparent_vae_decoder import TransparentVAEDecoder
-from ..layerdiffuse.transparent_vae_encoder import TransparentVAEEncoder
 from .download import sha256_of
 from .tokenizer import write_tokenizer_files
 
@@ -125,7 +116,6 @@ _T5: dict[str, Any] = {
     "eos_token_id": 1,
     "decoder_start_token_id": 0,
 }
-T5_MAX_LENGTH = 512
 _DECODER_CHANNELS = (4, 4, 8, 8, 16, 16, 16)
 _ENCODER_CHANNELS = (8, 8, 16, 16)
 _LORA_RANK = 4
@@ -150,29 +140,6 @@ class FluxDemoSet:
     lora_sha256: str
 
 
-@dataclass
-class FluxDemoModels:
-    """The FLUX demo set loaded: the pieces `methods.flux_transparent` reads.
-
-    Attributes:
-        lora: the merged demo LoRA (detach it to get the plain transformer back).
-        Others: as `methods.flux_transparent.FluxComponents`.
-    """
-
-    transformer: torch.nn.Module
-    vae: Any
-    text_encoder: torch.nn.Module
-    tokenizer: Any
-    text_encoder_2: torch.nn.Module
-    tokenizer_2: Any
-    scheduler_config: dict[str, Any]
-    decoder: TransparentVAEDecoder
-    encoder: TransparentVAEEncoder
-    device: torch.device
-    dtype: torch.dtype
-    lora: FluxLoRAHandle
-
-
 def build_flux_demo_set(root: Path, seed: int = 0) -> FluxDemoSet:
     """Build the FLUX demo set in `root` (a second or two on a CPU), or find it built.
 
@@ -194,84 +161,6 @@ def build_flux_demo_set(root: Path, seed: int = 0) -> FluxDemoSet:
         transparent_vae_sha256=manifest["files"][TRANSPARENT_VAE_FILE],
         lora=layers / LORA_FILE,
         lora_sha256=manifest["files"][LORA_FILE],
-    )
-
-
-def open_flux_demo(
-    demo: FluxDemoSet,
-    cache_dir: Path,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    lora_weight: float = 1.0,
-) -> FluxDemoModels:
-    """Load the demo set as the real files would be, with its LoRA merged.
-
-    Args:
-        demo: from `build_flux_demo_set`.
-        cache_dir: where the `.pth`'s safetensors conversion is kept.
-        device / dtype: where and in what everything runs.
-        lora_weight: the LoRA strength.
-
-    Raises:
-        ValueError: a file's sha256 does not match the manifest.
-    """
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
-
-    target = torch.device(device)
-    base = demo.base_dir
-    transformer = FluxTransformer2DModel.from_pretrained(base / "transformer", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=dtype)
-    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=dtype)
-    text_encoder_2 = T5EncoderModel.from_pretrained(base / "text_encoder_2", dtype=dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"), local_files_only=True)
-    tokenizer_2 = t5_demo_tokenizer(base / "tokenizer_2")
-    scheduler_config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
-
-    state = load_released_pickle(
-        demo.transparent_vae,
-        demo.transparent_vae_sha256,
-        cache_dir / "flux-demo-TransparentVAE.safetensors",
-    )
-    parts = split_transparent_vae(state)
-    decoder = load_flux_transparent_decoder(parts.decoder).to(target, dtype)
-    encoder = load_flux_transparent_encoder(parts.encoder).to(target, dtype)
-
-    if sha256_of(demo.lora) != demo.lora_sha256:
-        raise ValueError(f"{demo.lora.name}: sha256 does not match the demo manifest")
-    modules = [transformer, vae, text_encoder, text_encoder_2]
-    for module in modules:
-        module.to(target).eval().requires_grad_(False)
-    shapes = {name: tuple(p.shape) for name, p in transformer.named_parameters()}
-    patches = parse_flux_lora(load_file(str(demo.lora)), shapes)
-    lora = attach_flux_lora(transformer, patches, lora_weight)
-    return FluxDemoModels(
-        transformer=transformer,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        scheduler_config=scheduler_config,
-        decoder=decoder.requires_grad_(False),
-        encoder=encoder.requires_grad_(False),
-        device=target,
-        dtype=dtype,
-        lora=lora,
-    )
-
-
-def t5_demo_tokenizer(folder: Path) -> Any:
-    """The demo's tiny T5 tokenizer from the `tokenizer.json` `_build` wrote."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "tokenizer.json"),
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=T5_MAX_LENGTH,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,8 +34,9 @@ from backend.layerdiffuse.flux_weights import (
     split_transparent_vae,
 )
 from backend.model_set import FluxBase, FluxModelSet
+from backend.store.catalogue import FLUX_FILES
 from backend.store.download import ModelStore, default_cache_dir
-from backend.store.flux_demo import FLUX_DEMO_NAME, build_flux_demo_set, open_flux_demo
+from backend.store.flux_demo import FLUX_DEMO_NAME, FluxDemoSet, build_flux_demo_set
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +60,33 @@ def is_flux_source(source: str | Path) -> bool:
 def open_flux_demo_set(
     cache_dir: Path | None, device: torch.device, dtype: torch.dtype
 ) -> FluxModelSet:
-    """The tiny random FLUX set (built on first use), loaded as the real files would be."""
+    """The tiny random FLUX set (built on first use), opened as the real model is."""
     root = (cache_dir or default_cache_dir()) / f"demo-flux-v{FLUX_DEMO_VERSION}"
-    demo = build_flux_demo_set(root)
-    models = open_flux_demo(demo, root, device=device, dtype=dtype)
-    base = FluxBase(
-        name=FLUX_DEMO_NAME,
-        transformer=models.transformer,
-        vae=models.vae,
-        text_encoder=models.text_encoder,
-        tokenizer=models.tokenizer,
-        text_encoder_2=models.text_encoder_2,
-        tokenizer_2=models.tokenizer_2,
-        scheduler_config=models.scheduler_config,
+    return open_flux_demo_files(build_flux_demo_set(root), root, device, dtype)
+
+
+def open_flux_demo_files(
+    demo: FluxDemoSet, cache_dir: Path, device: torch.device, dtype: torch.dtype
+) -> FluxModelSet:
+    """A built FLUX demo set through `open_flux_set`: its folder as the base, its two files
+    through a store whose catalogue carries their sha256 (as the SD demo set is loaded)."""
+    hashes = {
+        "flux_transparent_vae": demo.transparent_vae_sha256,
+        "flux_layerlora": demo.lora_sha256,
+    }
+    catalogue = {
+        name: replace(entry, sha256=hashes[name], description="demo: " + entry.description)
+        for name, entry in FLUX_FILES.items()
+    }
+    store = ModelStore(
+        models_dir=demo.lora.parent, offline=True, catalogue=catalogue, state_dir=cache_dir
     )
-    return FluxModelSet(
-        base=base,
-        decoder=models.decoder,
-        encoder=models.encoder,
-        layer_lora=models.lora,
-        device=device,
-        dtype=dtype,
-        is_demo=True,
+    models = open_flux_set(
+        demo.base_dir, store, device=device, dtype=dtype, offline=True, cache_dir=cache_dir
     )
+    models.base.name = FLUX_DEMO_NAME
+    models.is_demo = True
+    return models
 
 
 def open_flux_set(

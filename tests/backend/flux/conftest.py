@@ -8,7 +8,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from backend.store.flux_demo import FluxDemoModels, FluxDemoSet, build_flux_demo_set, open_flux_demo
+from backend.model_set import FluxModelSet
+from backend.store.flux_demo import FluxDemoSet, build_flux_demo_set
+from backend.store.flux_sets import open_flux_demo_files
 
 # black-forest-labs/FLUX.1-dev transformer/config.json and vae/config.json
 FLUX_DEV_TRANSFORMER = {
@@ -61,12 +63,11 @@ def flux_demo_set(tmp_path_factory: pytest.TempPathFactory) -> FluxDemoSet:
 
 
 @pytest.fixture(scope="session")
-def flux_demo(
-    flux_demo_set: FluxDemoSet, tmp_path_factory: pytest.TempPathFactory
-) -> FluxDemoModels:
+def flux_demo(flux_demo_set: FluxDemoSet, tmp_path_factory: pytest.TempPathFactory) -> FluxModelSet:
     """The demo set loaded on the CPU in float32, its LoRA merged. Tests leave it as found."""
     torch.set_num_threads(1)
-    return open_flux_demo(flux_demo_set, tmp_path_factory.mktemp("flux-cache"))
+    cache = tmp_path_factory.mktemp("flux-cache")
+    return open_flux_demo_files(flux_demo_set, cache, torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from backend.methods.flux_transparent import (
     run_flux_transparent_img2img,
     unpack_latents,
 )
-from backend.store.flux_demo import FLUX_DEV_SCHEDULER, FluxDemoModels
+from backend.model_set import FluxModelSet
+from backend.store.flux_demo import FLUX_DEV_SCHEDULER
 
 SHORT = {"steps": 3, "max_sequence_length": 32}
 
@@ -27,7 +28,7 @@ def _source() -> np.ndarray:
 
 
 def test_text_to_transparent_gives_rgba_of_the_size_deterministic_per_seed(
-    flux_demo: FluxDemoModels,
+    flux_demo: FluxModelSet,
 ) -> None:
     first = run_flux_transparent(flux_demo, "a glass bottle", seed=7, width=128, height=64, **SHORT)
     assert first.shape == (1, 4, 64, 128) and first.dtype == torch.float32
@@ -40,7 +41,7 @@ def test_text_to_transparent_gives_rgba_of_the_size_deterministic_per_seed(
     assert (other - first).abs().max() > 0.05
 
 
-def test_a_batch_uses_consecutive_seeds(flux_demo: FluxDemoModels) -> None:
+def test_a_batch_uses_consecutive_seeds(flux_demo: FluxModelSet) -> None:
     batch = run_flux_transparent(
         flux_demo, "smoke", seed=20, width=64, height=64, image_count=2, augment=False, **SHORT
     )
@@ -52,7 +53,7 @@ def test_a_batch_uses_consecutive_seeds(flux_demo: FluxDemoModels) -> None:
     assert (batch[0] - batch[1]).abs().max() > 0.05
 
 
-def test_progress_counts_every_step(flux_demo: FluxDemoModels) -> None:
+def test_progress_counts_every_step(flux_demo: FluxModelSet) -> None:
     calls: list[tuple[int, int, tuple[int, ...]]] = []
     run_flux_transparent(
         flux_demo,
@@ -69,7 +70,7 @@ def test_progress_counts_every_step(flux_demo: FluxDemoModels) -> None:
 
 
 def test_transparent_img2img_gives_rgba_of_the_source_size_deterministic_per_seed(
-    flux_demo: FluxDemoModels,
+    flux_demo: FluxModelSet,
 ) -> None:
     source = _source()
     calls: list[int] = []
@@ -106,7 +107,7 @@ def test_transparent_img2img_gives_rgba_of_the_source_size_deterministic_per_see
     assert (flipped - first).abs().max() > 0.01
 
 
-def test_bad_inputs_are_refused_before_any_work(flux_demo: FluxDemoModels) -> None:
+def test_bad_inputs_are_refused_before_any_work(flux_demo: FluxModelSet) -> None:
     with pytest.raises(ValueError, match="size 96x64 is not a positive multiple of 64"):
         run_flux_transparent(flux_demo, "x", seed=0, width=96, height=64)
     with pytest.raises(ValueError, match="steps 0 is below 1"):

@@ -19,7 +19,7 @@ from backend.layerdiffuse.flux_weights import (
     load_flux_transparent_encoder,
     split_transparent_vae,
 )
-from backend.store.flux_demo import FluxDemoModels
+from backend.model_set import FluxModelSet
 
 
 def _meta_state(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_encoder_input_is_colour_first_then_alpha() -> None:
 
 
 def test_decode_returns_rgba_from_the_decoders_alpha_first_output(
-    flux_demo: FluxDemoModels,
+    flux_demo: FluxModelSet,
 ) -> None:
     torch.manual_seed(3)
     latents = torch.randn(2, 16, 8, 16)
@@ -143,7 +143,7 @@ def test_decode_returns_rgba_from_the_decoders_alpha_first_output(
 
 
 def test_encode_replaces_the_posterior_noise_with_the_scaled_offset(
-    flux_demo: FluxDemoModels,
+    flux_demo: FluxModelSet,
 ) -> None:
     rgba = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     latents = encode_transparent(flux_demo.vae, flux_demo.encoder, rgba)

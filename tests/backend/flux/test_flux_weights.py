@@ -21,7 +21,7 @@ from backend.layerdiffuse.flux_weights import (
     lora_parameter_count,
     parse_flux_lora,
 )
-from backend.store.flux_demo import FluxDemoModels
+from backend.model_set import FluxModelSet
 
 
 class NotATensor:
@@ -307,7 +307,7 @@ def test_the_final_layers_shift_and_scale_halves_are_swapped() -> None:
     assert patch.up[:16].unique().tolist() == [2.0] and patch.up[16:].unique().tolist() == [1.0]
 
 
-def test_the_demo_lora_changes_the_transformers_output(flux_demo: FluxDemoModels) -> None:
+def test_the_demo_lora_changes_the_transformers_output(flux_demo: FluxModelSet) -> None:
     transformer = flux_demo.transformer
     torch.manual_seed(0)
     inputs = {
@@ -322,11 +322,11 @@ def test_the_demo_lora_changes_the_transformers_output(flux_demo: FluxDemoModels
     }
     with torch.no_grad():
         merged = transformer(**inputs)[0]
-        flux_demo.lora.set_active(False)
+        flux_demo.layer_lora.set_active(False)
         try:
             plain = transformer(**inputs)[0]
         finally:
-            flux_demo.lora.set_active(True)
+            flux_demo.layer_lora.set_active(True)
         again = transformer(**inputs)[0]
     assert torch.equal(merged, again)
     assert not math.isclose((merged - plain).abs().max().item(), 0.0, abs_tol=1e-4)
