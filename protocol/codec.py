@@ -371,8 +371,9 @@ def _enum_tuple(cls: type[_E]) -> _Reader:
     return read
 
 
-def _layers(*, at_least: int) -> _Reader:
-    """A list of layers, no two with the same role or image id."""
+def _layers(*, at_least: int, stack: bool = False) -> _Reader:
+    """A list of layers, no two with the same role or image id; with `stack` (a result)
+    any number of `layer` ones: a split's layers, bottom first."""
     read_layer = _object(LayerImage)
 
     def read(value: Any, path: str, context: _Context) -> tuple[LayerImage, ...]:
@@ -385,7 +386,8 @@ def _layers(*, at_least: int) -> _Reader:
         roles: set[LayerRole] = set()
         ids: set[str] = set()
         for index, layer in enumerate(layers):
-            if layer.role in roles:
+            repeatable = stack and layer.role is LayerRole.LAYER
+            if layer.role in roles and not repeatable:
                 raise InvalidField(f"{path}[{index}].role: a second {layer.role.value} layer")
             if layer.image.id in ids:
                 raise InvalidField(f"{path}[{index}].image.id: '{layer.image.id}' is used twice")
@@ -436,7 +438,12 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "size": _at_least(1),
     },
     LayerImage: {"role": _enum(LayerRole), "image": _image_ref},
-    ModelInfo: {"name": _name, "family": _enum(ModelFamily), "demo": _read_bool},
+    ModelInfo: {
+        "name": _name,
+        "family": _enum(ModelFamily),
+        "demo": _read_bool,
+        "warning": _optional(_text),
+    },
     LoRAInfo: {
         "name": _name,
         "family": _enum(ModelFamily),
@@ -483,6 +490,7 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "hires_strength": _read_float,
         "lora": _optional(_name),
         "lora_weight": _read_float,
+        "layers": _read_int,
     },
     Hello: {"protocol": _read_version, "client": _name, "session": _optional(_name)},
     Welcome: {
@@ -507,7 +515,12 @@ _READERS: dict[type, dict[str, _Reader]] = {
         "total": _at_least(0),
         "preview": _optional(_image_ref),
     },
-    Result: {"job": _job, "index": _at_least(0), "seed": _read_int, "layers": _layers(at_least=1)},
+    Result: {
+        "job": _job,
+        "index": _at_least(0),
+        "seed": _read_int,
+        "layers": _layers(at_least=1, stack=True),
+    },
     Done: {"job": _job, "status": _enum(JobStatus), "error": _optional(_object(ErrorInfo))},
     Cancel: {"job": _job},
     Error: {"code": _enum(ErrorCode), "message": _text, "job": _optional(_job)},

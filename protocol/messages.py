@@ -85,6 +85,7 @@ class GenerationParameters:
         lora: a LoRA the server offers (`Capabilities.loras`), merged into the base model
             for this job, e.g. a distilled few-step LoRA; None: none (since 1.2).
         lora_weight: the LoRA's strength (since 1.2).
+        layers: `split_layers`: how many layers the picture is split into (since 1.3).
     """
 
     method: Method
@@ -113,6 +114,7 @@ class GenerationParameters:
     hires_strength: float = 0.5
     lora: str | None = None
     lora_weight: float = 1.0
+    layers: int = 4
 
     def check_limits(self, limits: Limits) -> None:
         """Check the parameters the limits bound: steps, result count, result size.
@@ -153,11 +155,17 @@ class LayerImage:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model the server runs: a name, its family, and whether it is the demo set."""
+    """The model the server runs: a name, its family, and whether it is the demo set.
+
+    `warning` (since 1.3): why LayerDiffuse is expected to fail on this model (a
+    checkpoint of a family it was not trained for, e.g. Illustrious-XL), in a sentence
+    for the painter; a client then offers the family's matted method. Null: none known.
+    """
 
     name: str
     family: ModelFamily
     demo: bool
+    warning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ from enum import Enum
 class ModelFamily(str, Enum):
     """The base model a method runs on. `FLUX` (since 1.2) is FLUX.1-dev with
     LayerDiffuse-Flux (`RedAIGC/Flux-version-LayerDiffuse`); a 1.1 client cannot read a
-    FLUX server's `welcome`."""
+    FLUX server's `welcome`. `QWEN_LAYERED` (since 1.3) is Qwen-Image-Layered
+    (`Qwen/Qwen-Image-Layered`), which splits a picture into layers (`split_layers`)."""
 
     SD15 = "sd15"
     SDXL = "sdxl"
     FLUX = "flux"
+    QWEN_LAYERED = "qwen_layered"
 
 
 class LayerRole(str, Enum):
@@ -27,12 +29,17 @@ class LayerRole(str, Enum):
     `MASK` (since 1.1) is an input only, and every method takes it: an image of the
     request's size whose alpha channel is the selection (its colour is ignored). It is
     never an output and has no layer prompt.
+
+    `LAYER` (since 1.3) is `split_layers`' role: its input, the picture to split, and each
+    of its outputs; a result holds `layers` of them, bottom of the stack first (the only
+    role a result may hold more than once).
     """
 
     FOREGROUND = "foreground"
     BACKGROUND = "background"
     BLENDED = "blended"
     MASK = "mask"
+    LAYER = "layer"
 
 
 class Hires(str, Enum):
@@ -53,8 +60,11 @@ class Hires(str, Enum):
 
 class Method(str, Enum):
     """The ten methods of the original extension (sd-forge-layerdiffuse), our two
-    one-click SDXL workflows that chain two of them (`sdxl_fg2bg`, `sdxl_bg2fg`), and
-    LayerDiffuse-Flux's transparent image (`flux_transparent`, since 1.2)."""
+    one-click SDXL workflows that chain two of them (`sdxl_fg2bg`, `sdxl_bg2fg`),
+    LayerDiffuse-Flux's transparent image (`flux_transparent`, since 1.2), and since 1.3
+    Split into Layers (`split_layers`) and the matting fallback for checkpoints on which
+    LayerDiffuse fails (`sd15_matted`, `sdxl_matted`: an opaque picture on neutral gray,
+    matted to a transparent layer)."""
 
     SD15_TRANSPARENT = "sd15_transparent"
     SD15_JOINT = "sd15_joint"
@@ -69,6 +79,9 @@ class Method(str, Enum):
     SDXL_FG_TO_BG = "sdxl_fg2bg"
     SDXL_BG_TO_FG = "sdxl_bg2fg"
     FLUX_TRANSPARENT = "flux_transparent"
+    SPLIT_LAYERS = "split_layers"
+    SD15_MATTED = "sd15_matted"
+    SDXL_MATTED = "sdxl_matted"
 
 
 class Sampler(str, Enum):
@@ -165,7 +178,7 @@ class MethodSpec:
 
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
-_MASK = LayerRole.MASK
+_MASK, _LAYER = LayerRole.MASK, LayerRole.LAYER
 
 METHOD_SPECS: dict[Method, MethodSpec] = {
     Method.SD15_TRANSPARENT: MethodSpec(
@@ -274,6 +287,31 @@ METHOD_SPECS: dict[Method, MethodSpec] = {
         frames=1,
         required_inputs=(),
         optional_inputs=(_FG, _MASK),
+        outputs=(_FG,),
+    ),
+    Method.SPLIT_LAYERS: MethodSpec(
+        ModelFamily.QWEN_LAYERED,
+        "Split into Layers (Qwen-Image-Layered)",
+        frames=1,
+        required_inputs=(_LAYER,),
+        optional_inputs=(_MASK,),
+        outputs=(_LAYER,),
+    ),
+    # The fallback: no layer model, so the base model's own look (and tint) survives.
+    Method.SD15_MATTED: MethodSpec(
+        ModelFamily.SD15,
+        "(SD1.5) Generate on Gray and Matte (fallback where LayerDiffuse fails)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_MASK,),
+        outputs=(_FG,),
+    ),
+    Method.SDXL_MATTED: MethodSpec(
+        ModelFamily.SDXL,
+        "(SDXL) Generate on Gray and Matte (fallback where LayerDiffuse fails)",
+        frames=1,
+        required_inputs=(),
+        optional_inputs=(_MASK,),
         outputs=(_FG,),
     ),
 }

@@ -218,6 +218,7 @@ _SPECS: dict[str, dict[str, Any]] = {
         "kind": "name",
     },
     "lora_weight": _number("the LoRA's strength", 0.0, 2.0),
+    "layers": _integer("split_layers: how many layers the picture is split into", 1, 10),
 }
 
 SECOND_STEP_FIELDS = (

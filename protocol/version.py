@@ -12,7 +12,7 @@ from .errors import InvalidField, UnsupportedVersion, describe
 
 __all__ = ["PROTOCOL_VERSION", "check_compatible", "is_newer_minor"]
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 2)
+PROTOCOL_VERSION: tuple[int, int] = (1, 3)
 """The version this package speaks, `(major, minor)`.
 
 1.1 added the optional request fields `noise_source`, `second_*`, `hires` and
@@ -25,7 +25,12 @@ later.
 `lcm_sgm_uniform` and `euler_sgm_uniform` (few-step mode) and `capabilities.loras`; a
 client names a LoRA or one of those samplers only if the server's `welcome` offers it.
 1.2 also added the model family `flux` and its method `flux_transparent`: a 1.1 client
-cannot read a FLUX server's `welcome` (an unknown family) and says so."""
+cannot read a FLUX server's `welcome` (an unknown family) and says so.
+
+1.3 added the family `qwen_layered` with its method `split_layers` (the role `layer`, in
+and out, and the request field `layers`), the fallback methods `sd15_matted` and
+`sdxl_matted`, and `model.warning`; a 1.2 client ignores the warning and the methods it
+does not know, and cannot read a `qwen_layered` server's `welcome`."""
 
 
 def check_compatible(peer: tuple[int, int]) -> None:

@@ -58,6 +58,7 @@ class GenerationRequest:
         hires / hires_strength: the second pass at the request's size (`hires`).
         lora / lora_weight: a LoRA of the model set's offer merged into the base model
             for the job (`ModelSet.use_lora`), e.g. a few-step one, and its strength.
+        layers: `split_layers`: how many layers the picture is split into.
         refine: not on the wire: the layers of a first pass, by output role, at the
             request's size, that this run reworks (the second pass): each output starts
             from its own layer re-noised by `denoise_strength`, instead of from noise or
@@ -91,6 +92,7 @@ class GenerationRequest:
     hires_strength: float = 0.5
     lora: str | None = None
     lora_weight: float = 1.0
+    layers: int = 4
     refine: dict[LayerRole, np.ndarray] = field(default_factory=dict)
 
     @property

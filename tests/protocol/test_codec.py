@@ -396,7 +396,8 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
     (
         submit_with(layer_prompts={"sky": "x"}),
         InvalidField,
-        "request.layer_prompts: expected one of foreground, background, blended, mask, got 'sky'",
+        "request.layer_prompts: expected one of foreground, background, blended, mask, "
+        "layer, got 'sky'",
         "j1",
     ),
     (
@@ -417,7 +418,8 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
         InvalidField,
         "request.method: expected one of sd15_transparent, sd15_joint, sd15_fg2bg, sd15_bg2fg, "
         "sdxl_transparent_attn, sdxl_transparent_conv, sdxl_fg2ble, sdxl_fgble2bg, "
-        "sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent, got 'sd3'",
+        "sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent, split_layers, "
+        "sd15_matted, sdxl_matted, got 'sd3'",
         "j1",
     ),
     (
@@ -615,7 +617,7 @@ REJECTIONS: list[tuple[str, type[ProtocolError], str, str | None]] = [
     (
         '{"type":"hello","protocol":[2,0],"whatever":1}',
         UnsupportedVersion,
-        "protocol version 2.0 is not supported, this side speaks 1.2",
+        "protocol version 2.0 is not supported, this side speaks 1.3",
         None,
     ),
     ('{"type":"hello","client":"k"}', MissingField, "hello: missing field 'protocol'", None),
@@ -725,7 +727,7 @@ def test_a_newer_minor_welcome_drops_unknown_capabilities() -> None:
         (
             Hello((2, 0), "k"),
             UnsupportedVersion,
-            "protocol version 2.0 is not supported, this side speaks 1.2",
+            "protocol version 2.0 is not supported, this side speaks 1.3",
         ),
     ],
 )

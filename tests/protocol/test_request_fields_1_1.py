@@ -110,4 +110,4 @@ def test_the_table_shows_null_defaults_and_nullable_types() -> None:
 def test_the_backend_request_has_the_same_fields() -> None:
     """`GenerationRequest` mirrors the wire (checked by field name, default, order)."""
     names = [field.name for field in dataclasses.fields(GenerationParameters)]
-    assert names[-9:-2] == ["noise_source", *SECOND_STEP_FIELDS, "hires", "hires_strength"]
+    assert names[-10:-3] == ["noise_source", *SECOND_STEP_FIELDS, "hires", "hires_strength"]

@@ -390,10 +390,10 @@ def test_another_major_version_is_refused_and_the_server_still_waits() -> None:
 
 
 def test_a_newer_minor_client_may_send_unknown_fields() -> None:
-    """From hello 1.3 on, unknown fields in messages and frame headers are ignored."""
+    """From hello 1.4 on, unknown fields in messages and frame headers are ignored."""
     server = ServerProtocol(LIMITS)
-    [hello] = server.receive_text('{"type":"hello","protocol":[1,3],"client":"k","locale":"fr"}')
-    assert hello.hello == Hello((1, 3), "k") and server.peer_version == (1, 3)
+    [hello] = server.receive_text('{"type":"hello","protocol":[1,4],"client":"k","locale":"fr"}')
+    assert hello.hello == Hello((1, 4), "k") and server.peer_version == (1, 4)
     submit, images = fg2bg()
     data = json.loads(encode_message(submit))
     data["priority"] = 1
@@ -489,7 +489,7 @@ def test_the_client_checks_the_bytes_it_is_given() -> None:
     small = ClientProtocol("k")
     small.send_hello()
     small.receive_text(encode_message(make_welcome(Limits(max_text_bytes=600))))
-    with pytest.raises(LimitExceeded, match=r"^submit of 632 bytes exceeds the limit of 600$"):
+    with pytest.raises(LimitExceeded, match=r"^submit of 643 bytes exceeds the limit of 600$"):
         small.send_submit(txt2img(prompt="p" * 44), {})
     assert client.unfinished_jobs == frozenset() == small.unfinished_jobs
 
