@@ -72,7 +72,18 @@ DEFAULT_BASES = {
     ModelFamily.SD15: "stable-diffusion-v1-5/stable-diffusion-v1-5",
     ModelFamily.SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
     ModelFamily.FLUX: "black-forest-labs/FLUX.1-dev",
+    ModelFamily.QWEN_LAYERED: "Qwen/Qwen-Image-Layered",
 }
+DEMO_FAMILIES = {
+    "sd15": ModelFamily.SD15,
+    "sdxl": ModelFamily.SDXL,
+    "flux": ModelFamily.FLUX,
+    "qwen_layered": ModelFamily.QWEN_LAYERED,
+    "sdxl-illustrious": ModelFamily.SDXL,
+}
+"""`--demo`'s values and the family of each."""
+DEMO_LOOKALIKES = {"sdxl-illustrious": "demo-illustriousXL_v01"}
+"""Demo sets opened under the name of a checkpoint LayerDiffuse is known to fail on."""
 DEFAULT_NEGATIVE = "bad, ugly"
 DEFAULT_OUTPUT = Path("outputs")
 BENCH_STAGES = (
@@ -104,6 +115,12 @@ METHOD_SUMMARIES: dict[Method, str] = {
     Method.SDXL_BG_TO_FG: "a foreground for --background, and the blend (two passes)",
     Method.FLUX_TRANSPARENT: "a transparent image on FLUX.1-dev (LayerDiffuse-Flux); "
     "--init reworks one; --cfg is FLUX's guidance",
+    Method.SPLIT_LAYERS: "--image split into --layers transparent layers "
+    "(Qwen-Image-Layered; 50 steps, --cfg 4 unless given; no --prompt: it captions)",
+    Method.SD15_MATTED: "a transparent image generated on gray and matted, for a "
+    "checkpoint LayerDiffuse fails on",
+    Method.SDXL_MATTED: "a transparent image generated on gray and matted, for a "
+    "checkpoint LayerDiffuse fails on (Illustrious, NoobAI)",
 }
 """One line per method for `generate --help`: what it makes."""
 
@@ -134,7 +151,9 @@ _FLAGS = {
     "hires_strength": "--hires-strength",
     "lora": "--lora",
     "lora_weight": "--lora-weight",
+    "layers": "--layers",
     "inputs.mask": "--mask",
+    "inputs.layer": "--image",
 }
 _ROLE_FLAGS = {
     LayerRole.FOREGROUND: ("foreground", "fg_prompt"),
@@ -142,7 +161,7 @@ _ROLE_FLAGS = {
     LayerRole.BLENDED: ("blend", "blend_prompt"),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
-_TRANSPARENT_ROLES = (LayerRole.FOREGROUND,)
+_TRANSPARENT_ROLES = (LayerRole.FOREGROUND, LayerRole.LAYER)
 """Roles whose results are transparent, and so get a checkerboard preview."""
 
 log = logging.getLogger("backend.cli")
@@ -284,6 +303,14 @@ def _add_generate(commands: Any) -> None:
         "steps and CFG apply unless given; `models list` names them) or a .safetensors file",
     )
     parameter_flag(generate, "--lora-weight", field="lora_weight")
+    parameter_flag(generate, "--layers", field="layers", help="split_layers: how many layers")
+    path_flag(
+        generate,
+        "--image",
+        dest="image",
+        metavar="PNG",
+        help="the picture to split into layers, for split_layers",
+    )
     path_flag(
         generate,
         "--mask",
@@ -474,9 +501,11 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         "--demo",
         nargs="?",
         const="auto",
-        choices=["auto", "sd15", "sdxl", "flux"],
-        help="tiny random models shaped like SD1.5, SDXL or FLUX.1, no download (pictures "
-        f"are noise); sd15, sdxl or flux (default without a value: {family})",
+        choices=["auto", *DEMO_FAMILIES],
+        help="tiny random models shaped like SD1.5, SDXL, FLUX.1 or Qwen-Image-Layered, no "
+        "download (pictures are noise); sdxl-illustrious is the SDXL set named as an "
+        "Illustrious-XL checkpoint, on which LayerDiffuse fails (default without a value: "
+        f"{family})",
     )
     source.add_argument(
         "--base",
@@ -679,7 +708,8 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def _generate(args: argparse.Namespace) -> int:
     # 1. What the flags say together, and the files they name: no model needed.
-    parameters = _flux_defaults(args, _few_step_defaults(args, _parameters_from(args)))
+    parameters = _parameters_from(args)
+    parameters = _split_defaults(args, _flux_defaults(args, _few_step_defaults(args, parameters)))
     label = _labeller(args)
     sources = _input_paths(args)
     family = METHOD_SPECS[parameters.method].family
@@ -689,10 +719,11 @@ def _generate(args: argparse.Namespace) -> int:
         check_input_roles(parameters.method, sources, label)
     except InvalidParameter as error:
         raise UsageError(str(error)) from None
-    if args.demo in ("sd15", "sdxl", "flux") and ModelFamily(args.demo) != family:
+    demo_family = None if args.demo in (None, "auto") else DEMO_FAMILIES[args.demo]
+    if demo_family is not None and demo_family != family:
         raise UsageError(
             f"--demo {args.demo}: {parameters.method.value} runs on {family.value} models; "
-            f"give --demo {family.value}, or a method of the {args.demo} family"
+            f"give --demo {family.value}, or a method of the {demo_family.value} family"
         )
     inputs = {
         role: _read_rgba(flag, path, mask=role is LayerRole.MASK)
@@ -731,9 +762,12 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         lora_files=lora_files,
         family=family,
+        demo_lookalike=DEMO_LOOKALIKES.get(args.demo or ""),
     )
     if models.is_demo:
         _say("using the demo model set: tiny random models, so the pictures are noise")
+    if models.warning is not None:
+        _say(models.warning)
     models.tiling = _tiling(args)
     check_request(request, models)
     progress = _ProgressBar()
@@ -784,6 +818,7 @@ def _parameters_from(args: argparse.Namespace) -> GenerationParameters:
         hires_strength=float(args.hires_strength),
         lora=_lora_name(args.lora),
         lora_weight=float(args.lora_weight),
+        layers=args.layers,
     )
 
 
@@ -802,6 +837,22 @@ def _flux_defaults(
     if args.demo is None:
         _say("FLUX.1-dev is under a non-commercial licence; LayerDiffuse-Flux is AFL-3.0")
     return parameters
+
+
+SPLIT_STEPS = 50
+SPLIT_CFG = 4.0
+"""Qwen-Image-Layered's card settings, `--steps` and `--cfg` for split_layers unless typed."""
+
+
+def _split_defaults(
+    args: argparse.Namespace, parameters: GenerationParameters
+) -> GenerationParameters:
+    """The model card's steps and true CFG for a split where they were not typed."""
+    if parameters.method is not Method.SPLIT_LAYERS:
+        return parameters
+    card = {"steps": SPLIT_STEPS, "cfg_scale": SPLIT_CFG}
+    kept = {name: value for name, value in card.items() if typed_flag(args, name, "") == ""}
+    return dataclasses.replace(parameters, **kept)
 
 
 def _lora_name(value: str | None) -> str | None:
@@ -890,6 +941,8 @@ def _input_paths(args: argparse.Namespace) -> dict[LayerRole, tuple[str, Path]]:
             paths[role] = (f"--{dest}", path)
     if args.mask is not None:
         paths[LayerRole.MASK] = (typed_flag(args, "mask", "--mask"), args.mask)
+    if args.image is not None:
+        paths[LayerRole.LAYER] = (typed_flag(args, "image", "--image"), args.image)
     return paths
 
 
@@ -922,9 +975,10 @@ def _output_bytes(parameters: GenerationParameters) -> int:
     pixels = parameters.width * parameters.height
     per_result = 0
     for role in METHOD_SPECS[parameters.method].outputs:
-        per_result += 4 * pixels + FILE_OVERHEAD_BYTES
+        count = parameters.layers if role is LayerRole.LAYER else 1
+        per_result += count * (4 * pixels + FILE_OVERHEAD_BYTES)
         if role in _TRANSPARENT_ROLES:
-            per_result += 3 * pixels + FILE_OVERHEAD_BYTES
+            per_result += count * (3 * pixels + FILE_OVERHEAD_BYTES)
     return per_result * parameters.batch_size * parameters.batch_count
 
 
@@ -944,10 +998,14 @@ def _result_files(
             "parameters", format_parameters(request, seed, model_name, result.generation_size)
         )
         for role in spec.outputs:
-            stem = f"{request.method.value}-{seed}-{role.value}"
-            files.append(OutputFile(stem, ".png", _png_writer(layers[role], info)))
-            if role in _TRANSPARENT_ROLES:
-                files.append(OutputFile(stem, "-preview.png", _preview_writer(layers[role])))
+            named = [(role.value, layers[role])]
+            if role is LayerRole.LAYER:  # a split: one stack, bottom first
+                named = [(f"layer{i + 1}", image) for i, image in enumerate(layers[role])]
+            for name, image in named:
+                stem = f"{request.method.value}-{seed}-{name}"
+                files.append(OutputFile(stem, ".png", _png_writer(image, info)))
+                if role in _TRANSPARENT_ROLES:
+                    files.append(OutputFile(stem, "-preview.png", _preview_writer(image)))
     return files
 
 
@@ -1022,7 +1080,7 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
         demo=args.demo is not None,
-        demo_family=ModelFamily.SD15 if args.demo in (None, "auto") else ModelFamily(args.demo),
+        demo_family=ModelFamily.SD15 if args.demo in (None, "auto") else DEMO_FAMILIES[args.demo],
         base=None if args.demo else (args.base or DEFAULT_BASES[ModelFamily.SD15]),
         models_dir=args.models_dir,
         offline=args.offline,
@@ -1060,8 +1118,11 @@ def _serve(args: argparse.Namespace) -> int:
             device=config.device,
             dtype=config.dtype,
             lora_files=lora_folder(args.lora_dir) if args.lora_dir else None,
+            demo_lookalike=DEMO_LOOKALIKES.get(args.demo or ""),
         )
         models.tiling = _tiling(args)
+        if models.warning is not None:
+            _say(models.warning)
         executor = None
         demo = models.is_demo
     else:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backend.errors import ModelNotFound
 from backend.layerdiffuse import (
     SD15LayerHandle,
     Tiling,
@@ -25,6 +26,7 @@ from backend.layerdiffuse import (
     load_transparent_encoder,
 )
 from backend.loras import LoRAHandle, attach_lora
+from backend.split import LayeredComponents
 from protocol.messages import LoRAInfo
 from protocol.methods import ModelFamily
 
@@ -96,6 +98,10 @@ class ModelSet:
         offered_loras: the LoRAs a request may name (`use_lora`), by name: the few-step
             LoRAs of this family, and those of a LoRA folder.
         load_lora_file: loads a LoRA's tensors by name; None: `load_layer_file`.
+        warning: why LayerDiffuse is expected to fail on this base model (`welcome`'s
+            `model.warning`), or None.
+        load_matting: builds the matting model of the matted methods (on the CPU, in
+            float32); None: this set has none.
     """
 
     base: BaseModel
@@ -109,6 +115,9 @@ class ModelSet:
     tiling: Tiling = field(default_factory=Tiling)
     offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
     load_lora_file: LayerFileLoader | None = None
+    warning: str | None = None
+    load_matting: Callable[[], torch.nn.Module] | None = None
+    _matting: torch.nn.Module | None = field(default=None, repr=False)
     _lora: LoRAHandle | None = field(default=None, repr=False)
     _lora_key: tuple[str, float] | None = field(default=None, repr=False)
     _layer_files: OrderedDict[str, dict[str, torch.Tensor]] = field(
@@ -219,6 +228,21 @@ class ModelSet:
             targets["text_encoder_2"] = self.base.text_encoder_2
         return targets
 
+    def matting_model(self) -> torch.nn.Module:
+        """The matting model, loaded once, on the device: in float32 on the CPU, in the
+        set's dtype on a GPU (BiRefNet's own deformable sampling stays float32).
+
+        Raises:
+            ModelNotFound: from the store; or this set has no matting model.
+        """
+        if self._matting is None:
+            if self.load_matting is None:
+                raise ModelNotFound("this model set has no matting model for the matted methods")
+            model = self.load_matting()
+            dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+            self._matting = model.to(self.device, dtype).eval().requires_grad_(False)
+        return self._matting
+
     def transparent_decoder(self) -> TransparentVAEDecoder:
         """This family's transparent decoder, loaded once, on the device in `dtype`."""
         name = TRANSPARENT_DECODERS[self.family]
@@ -286,6 +310,7 @@ class FluxModelSet:
     is_demo: bool = False
     tiling: Tiling = field(default_factory=Tiling)
     offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
+    warning: str | None = None
 
     @property
     def family(self) -> ModelFamily:
@@ -330,5 +355,52 @@ class FluxModelSet:
             raise ValueError("the FLUX model set takes no LoRA besides LayerDiffuse-Flux's own")
 
 
-AnyModelSet = ModelSet | FluxModelSet
-"""What the methods run on: an SD family's model set, or FLUX's."""
+@dataclass
+class LayeredBase:
+    """Qwen-Image-Layered's loaded pieces under a name (`split.LayeredComponents`)."""
+
+    name: str
+    components: LayeredComponents
+    family: ModelFamily = ModelFamily.QWEN_LAYERED
+
+
+@dataclass
+class LayeredModelSet:
+    """Qwen-Image-Layered, what `split_layers` runs on (issue #19).
+
+    Attributes:
+        base: the model's name and pieces.
+        is_demo: the tiny random demo set.
+        offered_loras: none: the family takes no request LoRA.
+        warning: none: LayerDiffuse plays no part in a split.
+    """
+
+    base: LayeredBase
+    is_demo: bool = False
+    offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
+    warning: str | None = None
+
+    @property
+    def family(self) -> ModelFamily:
+        return ModelFamily.QWEN_LAYERED
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.components.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.components.dtype
+
+    def use_lora(self, name: str | None, weight: float = 1.0) -> None:
+        """Qwen-Image-Layered takes no request LoRA.
+
+        Raises:
+            ValueError: a LoRA was named.
+        """
+        if name is not None and weight != 0.0:
+            raise ValueError("the Qwen-Image-Layered model set takes no LoRA")
+
+
+AnyModelSet = ModelSet | FluxModelSet | LayeredModelSet
+"""What the methods run on: an SD family's model set, FLUX's, or Qwen-Image-Layered's."""

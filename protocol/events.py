@@ -93,10 +93,18 @@ class ProgressReceived:
 
 @dataclass(frozen=True)
 class ResultReceived:
-    """One result and the bytes of its layers, by role, in `result.layers`' formats."""
+    """One result and the bytes of its layers, in `result.layers`' formats.
+
+    Attributes:
+        result: the message.
+        images: each layer's bytes by role, but the `layer` ones.
+        stack: the `layer` layers' bytes (a split, since 1.3), bottom of the stack first;
+            empty for the other methods.
+    """
 
     result: Result
     images: dict[LayerRole, memoryview]
+    stack: tuple[memoryview, ...] = ()
 
 
 @dataclass(frozen=True)

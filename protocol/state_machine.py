@@ -289,16 +289,19 @@ class ServerProtocol:
 
         Returns:
             The `result` message, then each layer's frames in order (ids
-            `<job>/<index>/<role>`).
+            `<job>/<index>/<role>`, and `<job>/<index>/layer<i>` for a split's i-th layer).
 
         Raises:
             InvalidField / LimitExceeded: a layer that does not fit its size or the limits.
         """
         format = PixelFormat(format)
         parts: list[tuple[LayerImage, bytes]] = []
+        stacked = 0
         for role, width, height, data in layers:
             role = LayerRole(role)
             image_id = f"{job}/{index}/{role.value}"
+            if role is LayerRole.LAYER:
+                image_id, stacked = f"{image_id}{stacked}", stacked + 1
             if format.is_raw:
                 ref = ImageRef.raw(image_id, width, height, format)
             else:
@@ -579,8 +582,15 @@ def _event(incoming: _Incoming) -> ClientEvent:
         preview = images[message.preview.id] if message.preview is not None else None
         return ProgressReceived(message, preview)
     if isinstance(message, Result):
+        stacked = LayerRole.LAYER
         return ResultReceived(
-            message, {layer.role: images[layer.image.id] for layer in message.layers}
+            message,
+            {
+                layer.role: images[layer.image.id]
+                for layer in message.layers
+                if layer.role is not stacked
+            },
+            tuple(images[layer.image.id] for layer in message.layers if layer.role is stacked),
         )
     if isinstance(message, Done):
         return JobDone(message)

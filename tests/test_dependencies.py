@@ -22,12 +22,24 @@ ALLOWED: dict[str, set[str]] = {
     "backend.errors": {"protocol"},
     "backend.layerdiffuse": {"backend.layerdiffuse", "torch", "diffusers", "safetensors", "numpy"},
     # Split into Layers (Qwen-Image-Layered) and the matting fallback (issue #19).
-    "backend.split": {"backend.split", "torch", "diffusers", "transformers", "numpy", "PIL"},
+    # BiRefNet uses torchvision's deformable convolution when it is there (not a dependency).
+    "backend.split": {
+        "backend.split",
+        "torch",
+        "diffusers",
+        "transformers",
+        "safetensors",
+        "torchvision",
+        "numpy",
+        "PIL",
+    },
     # LoRAs merged into a base model: weight patches of the same kind as the layer files.
     "backend.loras": {"backend.loras", "backend.layerdiffuse", "torch"},
     "backend.model_set": {
+        "backend.errors",
         "backend.layerdiffuse",
         "backend.loras",
+        "backend.split",
         "protocol",
         "torch",
         "diffusers",
@@ -36,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     "backend.methods": {
         "backend.methods",
         "backend.layerdiffuse",
+        "backend.split",
         "backend.model_set",
         "backend.errors",
         "protocol",
@@ -48,6 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     "backend.store": {
         "backend.store",
         "backend.layerdiffuse",
+        "backend.split",
         "backend.loras",
         "backend.model_set",
         "backend.errors",

@@ -57,7 +57,7 @@ class GpuReplica:
         self.preview_side = preview_side
         models = self.models
         self.info = ReplicaInfo(
-            model=ModelInfo(models.base.name, models.family, models.is_demo),
+            model=ModelInfo(models.base.name, models.family, models.is_demo, models.warning),
             pid=os.getpid(),
             node=socket.gethostname(),
             device=str(models.device),

@@ -77,7 +77,7 @@ class LocalExecutor:
 
     def __init__(self, models: ModelSet, preview_side: int = 128) -> None:
         self.models = models
-        self.model = ModelInfo(models.base.name, models.family, models.is_demo)
+        self.model = ModelInfo(models.base.name, models.family, models.is_demo, models.warning)
         self.loras = dict(models.offered_loras)
         self.preview_side = preview_side
         self.worker: GpuWorker | None = None

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from protocol import ErrorCode, ErrorInfo
+from protocol import ErrorCode, ErrorInfo, LayerRole
 
 from ..errors import Cancelled, to_wire_error
 from ..methods.previews import latent_preview
@@ -87,7 +87,9 @@ def run_job(
             EncodedLayer(
                 role, image.shape[1], image.shape[0], encode_image(image, work.result_format)
             )
-            for role, image in layers.items()
+            for role, images in layers.items()
+            # a split's layers are one (N, H, W, 4) stack: N layers of role `layer`, in order
+            for image in (images if role is LayerRole.LAYER else [images])
         )
         reports.result(JobResult(index=index, seed=seed, layers=encoded))
     return _ended(work, JobEnd(JobState.COMPLETED))

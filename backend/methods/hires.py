@@ -46,9 +46,10 @@ NATIVE_AREAS = {
 
 def has_second_pass(request: GenerationRequest) -> bool:
     """Whether a request runs in two passes: `hires` on above the native area, auto above
-    1.2 × it, off never; FLUX's method runs in one (a second pass is made for SD's)."""
+    1.2 × it, off never; FLUX's method and a split run in one (a second pass is made for
+    SD's)."""
     family = METHOD_SPECS[request.method].family
-    if family is ModelFamily.FLUX:
+    if family in (ModelFamily.FLUX, ModelFamily.QWEN_LAYERED):
         return False
     native = NATIVE_AREAS[family]
     area = request.width * request.height

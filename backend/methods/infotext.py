@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 
-from protocol import METHOD_SPECS, SECOND_STEP_METHODS, LayerRole, NoiseSource
+from protocol import METHOD_SPECS, SECOND_STEP_METHODS, LayerRole, Method, NoiseSource
 
 from .hires import has_second_pass
 from .request import GenerationRequest
 
 VERSION = "krita-layerdiffuse 0.1.0"
+MATTED_METHODS = (Method.SD15_MATTED, Method.SDXL_MATTED)
+MATTED_NOTE = "generated on neutral gray without a layer model, then matted"
+"""The infotext's `layerdiffusion_fallback` of a matted layer."""
 _LAYER_PROMPT_KEYS = {
     LayerRole.FOREGROUND: "layerdiffusion_fg_additional_prompt",
     LayerRole.BACKGROUND: "layerdiffusion_bg_additional_prompt",
@@ -42,6 +45,8 @@ def format_parameters(
     """
     spec = METHOD_SPECS[request.method]
     width, height = generation_size
+    if request.method is Method.SPLIT_LAYERS:
+        return _split_parameters(request, seed, model_name, generation_size)
     fields: list[tuple[str, object]] = [("Steps", request.steps)]
     if spec.family.value == "flux":  # Forge's FLUX fields: guidance embedded, one pass
         fields += [
@@ -68,7 +73,7 @@ def format_parameters(
     if request.noise_source is NoiseSource.CPU:
         fields.append(("RNG", "CPU"))  # A1111 writes it when not its default, GPU
     fields += [
-        ("layerdiffusion_enabled", True),
+        ("layerdiffusion_enabled", request.method not in MATTED_METHODS),
         ("layerdiffusion_method", spec.label),
         ("layerdiffusion_weight", _number(request.weight)),
         ("layerdiffusion_ending_step", _number(request.ending_step)),
@@ -76,6 +81,8 @@ def format_parameters(
     fields += [(key, role in request.inputs) for role, key in _IMAGE_KEYS.items()]
     if LayerRole.MASK in request.inputs:
         fields.append(("layerdiffusion_mask", True))  # ours: a selection shaped it
+    if request.method in MATTED_METHODS:
+        fields.append(("layerdiffusion_fallback", MATTED_NOTE))
     fields.append(("layerdiffusion_resize_mode", request.resize_mode.label))
     if spec.family.value == "sd15":
         fields += [
@@ -91,6 +98,28 @@ def format_parameters(
             ("layerdiffusion_second_sampler", second.sampler.label),
             ("layerdiffusion_second_ending_step", _number(second.ending_step)),
         ]
+    fields.append(("Version", VERSION))
+    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields)
+    return f"{request.prompt}\nNegative prompt: {request.negative_prompt}\n{settings}"
+
+
+def _split_parameters(
+    request: GenerationRequest, seed: int, model_name: str, generation_size: tuple[int, int]
+) -> str:
+    """A split's parameters: flow matching with true CFG, its layer count, no LayerDiffuse."""
+    width, height = generation_size
+    fields: list[tuple[str, object]] = [
+        ("Steps", request.steps),
+        ("Sampler", "Euler"),
+        ("Schedule type", "Simple"),
+        ("True CFG scale", _number(request.cfg_scale)),
+        ("Seed", seed),
+        ("Size", f"{width}x{height}"),
+        ("Model", model_name),
+        ("Split layers", request.layers),
+    ]
+    if LayerRole.MASK in request.inputs:
+        fields.append(("Split selection", True))
     fields.append(("Version", VERSION))
     settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields)
     return f"{request.prompt}\nNegative prompt: {request.negative_prompt}\n{settings}"

@@ -4,6 +4,9 @@ The factors are the widely used "latent RGB factors" of the SD1.5, SDXL and FLUX
 spaces (as ComfyUI and A1111 use for their fast previews; FLUX's 16 channels are
 ComfyUI's `latent_formats.Flux`). LayerDiffuse's transparent latents
 are close enough for a preview: the point is to show the composition forming.
+Qwen-Image-Layered's RGBA VAE is fine-tuned from Qwen-Image's, whose latent space is
+Wan 2.1's (ComfyUI's `latent_formats.Wan21` factors, on normalised latents, as the split
+holds them); its previews are of the composite frame, and only roughly coloured.
 """
 
 from __future__ import annotations
@@ -15,6 +18,27 @@ import torch.nn.functional as F
 from protocol import ModelFamily
 
 _FACTORS = {
+    ModelFamily.QWEN_LAYERED: (
+        [
+            [-0.1299, -0.1692, 0.2932],
+            [0.0671, 0.0406, 0.0442],
+            [0.3568, 0.2548, 0.1747],
+            [0.0372, 0.2344, 0.1420],
+            [0.0313, 0.0189, -0.0328],
+            [0.0296, -0.0956, -0.0665],
+            [-0.3477, -0.4059, -0.2925],
+            [0.0166, 0.1902, 0.1975],
+            [-0.0412, 0.0267, -0.1364],
+            [-0.1293, 0.0740, 0.1636],
+            [0.0680, 0.3019, 0.1128],
+            [0.0032, 0.0581, 0.0639],
+            [-0.1251, 0.0927, 0.1699],
+            [0.0060, -0.0633, 0.0005],
+            [0.3477, 0.2275, 0.2950],
+            [0.1984, 0.0913, 0.1861],
+        ],
+        [-0.1835, -0.0868, -0.3360],
+    ),
     ModelFamily.SD15: (
         [
             [0.3512, 0.2297, 0.3227],

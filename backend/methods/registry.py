@@ -8,7 +8,15 @@ from protocol import METHOD_SPECS, LoRAInfo, Method, ModelFamily
 
 from ..errors import InvalidRequest
 from ..model_set import AnyModelSet
-from . import flux_transparent, sd15_layered, sd15_transparent, sdxl_blending, sdxl_transparent
+from . import (
+    flux_transparent,
+    matted,
+    sd15_layered,
+    sd15_transparent,
+    sdxl_blending,
+    sdxl_transparent,
+    split_layers,
+)
 from .denoise import StepCallback, no_progress
 from .hires import has_second_pass, run_two_passes
 from .masking import apply_mask
@@ -28,6 +36,9 @@ METHOD_RUNNERS: dict[Method, MethodRunner] = {
     Method.SDXL_FG_TO_BG: sdxl_blending.run_fg_to_bg,
     Method.SDXL_BG_TO_FG: sdxl_blending.run_bg_to_fg,
     Method.FLUX_TRANSPARENT: flux_transparent.run,
+    Method.SPLIT_LAYERS: split_layers.run,
+    Method.SD15_MATTED: matted.run_sd15,
+    Method.SDXL_MATTED: matted.run_sdxl,
 }
 
 

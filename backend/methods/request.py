@@ -133,7 +133,9 @@ class GenerationResult:
     """What a method returns: one dict of layers per image, at the requested size.
 
     Attributes:
-        images: per result, its layers by role, (height, width, 4) uint8 straight RGBA.
+        images: per result, its layers by role, (height, width, 4) uint8 straight RGBA;
+            `split_layers`' role `layer` holds all of a result's layers as one
+            (layers, height, width, 4) stack, bottom first.
         seeds: the seed of each result's first frame.
         generation_size: (width, height) the model ran at.
     """

@@ -33,14 +33,16 @@ The matting model (`matte`). Candidates, MIT-licensed:
   885 MB). Neither transformers nor diffusers has the architecture: the hub repos load
   through `AutoModelForImageSegmentation.from_pretrained(..., trust_remote_code=True)`,
   running the repo's `birefnet.py` (~92 kB, Swin backbone + bilateral reference decoder).
-  Using it here means porting that MIT code into this package (with its licence) and
-  loading `model.safetensors` into it `strict=True`; no remote code;
+  Here the architecture is re-implemented (`split.birefnet`) and `model.safetensors` is
+  loaded into it `strict=True`; no remote code;
 - InSPyReNet / `transparent-background` (MIT, plemeri): its weights are `.pth` pickles
   (`ckpt_base.pth`, 368 MB, GitHub release 1.2.12), which this backend never loads.
 
-So the interface is fixed here and tested on `MattingNet`, a small documented stand-in of
-the same contract (RGB normalised with ImageNet statistics at a square `input_size` in,
-one logit map out, sigmoid = alpha), until a port exists. ViTMatte, which transformers
+The port is `split.birefnet.BiRefNet` (an independent implementation whose state dict is
+the released files'); the store reads `ZhengPeng7/BiRefNet_HR-matting` into it
+(`store.matting_models`). The contract it meets is fixed here (RGB normalised with
+ImageNet statistics at a square `input_size` in, one logit map out, sigmoid = alpha), and
+`MattingNet` is a small documented model of that contract for the library's own tests. ViTMatte, which transformers
 does ship, needs a trimap and so a segmentation first: not a one-model fallback.
 """
 
@@ -202,7 +204,7 @@ def matte(rgb_uint8: np.ndarray, model: nn.Module) -> np.ndarray:
 
 
 def unmix_foreground(
-    rgb_uint8: np.ndarray, alpha_uint8: np.ndarray, background: float = NEUTRAL_GRAY
+    rgb_uint8: np.ndarray, alpha_uint8: np.ndarray, background: float | np.ndarray = NEUTRAL_GRAY
 ) -> np.ndarray:
     """Straight-alpha RGBA from a picture on a flat background and its alpha.
 
@@ -212,7 +214,7 @@ def unmix_foreground(
     Args:
         rgb_uint8: (H, W, 3) uint8, generated on the flat `background`.
         alpha_uint8: (H, W) uint8.
-        background: the background's grey level in [0, 1].
+        background: the background's grey level in [0, 1], or its (3,) RGB colour.
 
     Returns:
         (H, W, 4) uint8 RGBA.

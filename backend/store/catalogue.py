@@ -45,6 +45,7 @@ class FileKind(str, Enum):
     FEW_STEP_LORA = "few_step_lora"
     FLUX_LORA = "flux_lora"
     FLUX_TRANSPARENT_VAE = "flux_transparent_vae"
+    MATTING = "matting"
 
 
 @dataclass(frozen=True)
@@ -430,9 +431,28 @@ compared with RedAIGC's own pointer; both sizes are the listing's rounded figure
 `layerdiffuse.flux_weights.load_released_pickle` reads it once (`weights_only=True`,
 after the sha256 matched) into a safetensors file that is loaded from then on."""
 
-CATALOGUE: dict[str, ReleasedFile] = RELEASED_FILES | FEW_STEP_LORAS | FLUX_FILES
-"""Every file the store can fetch by name: the LayerDiffuse files, the few-step LoRAs and
-LayerDiffuse-Flux's."""
+MATTING_FILES: dict[str, ReleasedFile] = {
+    "birefnet_hr_matting": ReleasedFile(
+        name="birefnet_hr_matting",
+        filename="model.safetensors",
+        kind=FileKind.MATTING,
+        family=ModelFamily.SDXL,
+        size_bytes=444_473_596,
+        sha256="a5a4de698739ea5e0e8bbab28e1b293dde95092b87a442d566cbc585c53cef55",
+        description="BiRefNet HR matting (2048², MIT): the matte of sdxl_matted / sd15_matted",
+        repo_id="ZhengPeng7/BiRefNet_HR-matting",
+        revision="5d6b6f8adcb5b417c871b1d84ceaae9871355b7f",
+    ),
+}
+"""The matting model of the fallback where LayerDiffuse fails (issue #19), read into
+`split.birefnet.BiRefNet` (no remote code). Its size and sha256 at that revision agree in
+several independent public downloaders; its family is SDXL's, whose anime retrains need
+it most (`models download --family sdxl` fetches it), though SD1.5's matted method uses
+it too. In a `--models-dir` it may also be called `birefnet_hr_matting.safetensors`."""
+
+CATALOGUE: dict[str, ReleasedFile] = RELEASED_FILES | FEW_STEP_LORAS | FLUX_FILES | MATTING_FILES
+"""Every file the store can fetch by name: the LayerDiffuse files, the few-step LoRAs,
+LayerDiffuse-Flux's and the matting model."""
 
 
 def find_released_file(name: str, catalogue: Mapping[str, ReleasedFile]) -> ReleasedFile:

@@ -231,9 +231,11 @@ class ModelStore:
         """
         entry = self.entry(name)
         if self.models_dir is not None:
-            candidate = self.models_dir / entry.filename
-            if candidate.is_file():
-                return candidate
+            # under its repository's name, or its own where that is generic (BiRefNet's
+            # `model.safetensors`)
+            for candidate in (entry.filename, entry.name + SAFETENSORS_SUFFIX):
+                if (self.models_dir / candidate).is_file():
+                    return self.models_dir / candidate
         cached = huggingface_hub.try_to_load_from_cache(
             entry.repo_id, entry.filename, cache_dir=self.cache_dir, revision=entry.revision
         )

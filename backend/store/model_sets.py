@@ -15,6 +15,9 @@ from backend.store.checkpoints import load_base_model
 from backend.store.demo import DEMO_NAMES, ensure_demo_set
 from backend.store.download import ModelStore
 from backend.store.flux_sets import is_flux_source, open_flux_demo_set, open_flux_set
+from backend.store.known_failures import failing_family_warning
+from backend.store.layered_sets import is_layered_source, open_layered_demo_set, open_layered_set
+from backend.store.matting_models import matting_loader
 from protocol import LoRAInfo, ModelFamily
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def open_model_set(
     cache_dir: Path | None = None,
     lora_files: Mapping[str, Path] | None = None,
     family: ModelFamily | None = None,
+    demo_lookalike: str | None = None,
 ) -> AnyModelSet:
     """Load a base model and make the LayerDiffuse files available to the methods.
 
@@ -67,9 +71,13 @@ def open_model_set(
             (`lora_folder`); a name of the catalogue given here takes this file.
         family: the family `base` is known to be (the CLI knows it from the method);
             None: FLUX when `flux_sets.is_flux_source` says so, else read from the files.
+        demo_lookalike: with `demo`, the name of a checkpoint LayerDiffuse fails on
+            (`known_failures`): the demo set is named so and warns as that checkpoint
+            would, to show and test the matting fallback.
 
     Returns:
-        A `ModelSet`, or a `FluxModelSet` for FLUX (`demo_family` or `family` FLUX).
+        A `ModelSet`, a `FluxModelSet` for FLUX, or a `LayeredModelSet` for
+        Qwen-Image-Layered (by `demo_family`, `family` or the source).
 
     Raises:
         ModelNotFound, UnsupportedModel, ModelHashMismatch: from the store.
@@ -77,6 +85,19 @@ def open_model_set(
     """
     target = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, target)
+    wanted = demo_family if demo else family
+    if wanted is None and base is not None and is_layered_source(base):
+        wanted = ModelFamily.QWEN_LAYERED
+    if wanted is ModelFamily.QWEN_LAYERED:
+        if lora_files:
+            raise ModelNotFound("Qwen-Image-Layered takes no LoRA")
+        if dtype in (None, "auto") and target.type != "cpu":
+            compute_dtype = torch.bfloat16  # as released; Qwen2.5-VL overflows in float16
+        if demo:
+            return open_layered_demo_set(cache_dir, target, compute_dtype)
+        if base is None:
+            raise ValueError("give a base model or ask for the demo set")
+        return open_layered_set(base, device=target, dtype=compute_dtype, offline=offline)
     flux = demo_family is ModelFamily.FLUX if demo else family is ModelFamily.FLUX
     if not demo and family is None and base is not None:
         flux = is_flux_source(base)
@@ -108,9 +129,11 @@ def open_model_set(
             demo_set.base_dir, device=target, dtype=compute_dtype, offline=True
         )
         base_model.name = DEMO_NAMES[demo_family]
+        warning_source = demo_lookalike
     elif base is not None:
         store = ModelStore(models_dir=models_dir, offline=offline, state_dir=cache_dir)
         base_model = load_base_model(base, device=target, dtype=compute_dtype, offline=offline)
+        warning_source = base
     else:
         raise ValueError("give a base model or ask for the demo set")
     vae = base_model.vae
@@ -134,6 +157,11 @@ def open_model_set(
             return _read_lora_file(files[name])
         return store.load_state_dict(name)
 
+    warning = None
+    if warning_source is not None:
+        warning = failing_family_warning(warning_source, base_model.family)
+        if demo_lookalike is not None:
+            base_model.name = f"{demo_lookalike} ({base_model.name})"
     return ModelSet(
         base=base_model,
         load_layer_file=store.load_state_dict,
@@ -143,6 +171,8 @@ def open_model_set(
         is_demo=demo,
         offered_loras=offered,
         load_lora_file=load_lora,
+        warning=warning,
+        load_matting=matting_loader(store, demo=demo),
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants as hub_constants
 
-from backend.model_set import ModelSet
+from backend.model_set import LayeredModelSet, ModelSet
 from backend.store.demo import ensure_demo_set
 from backend.store.model_sets import open_model_set
 from protocol import ModelFamily
@@ -45,6 +45,32 @@ def demo_sdxl_models(demo_cache_dir: Path) -> ModelSet:
         cache_dir=demo_cache_dir,
         device="cpu",
         dtype="float32",
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_layered_models(demo_cache_dir: Path) -> LayeredModelSet:
+    """The Qwen-Image-Layered demo set on the CPU in float32, shared by the session."""
+    return open_model_set(
+        demo=True,
+        demo_family=ModelFamily.QWEN_LAYERED,
+        cache_dir=demo_cache_dir,
+        device="cpu",
+        dtype="float32",
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_illustrious_models(demo_cache_dir: Path) -> ModelSet:
+    """The SDXL demo set named as an Illustrious-XL checkpoint: it warns, and its matted
+    method runs (`known_failures`)."""
+    return open_model_set(
+        demo=True,
+        demo_family=ModelFamily.SDXL,
+        cache_dir=demo_cache_dir,
+        device="cpu",
+        dtype="float32",
+        demo_lookalike="demo-illustriousXL_v01",
     )
 
 

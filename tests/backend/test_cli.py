@@ -315,7 +315,7 @@ def _list_lines(out: list[str]) -> dict[str, str]:
     return {line.split()[0]: line for line in out if line and not line.startswith(" ")}
 
 
-def test_models_list_shows_all_23_files_and_the_folder_each_is_in_or_would_go_to(
+def test_models_list_shows_all_24_files_and_the_folder_each_is_in_or_would_go_to(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_caches: Path
 ) -> None:
     models_dir = tmp_path / "models"
@@ -326,8 +326,9 @@ def test_models_list_shows_all_23_files_and_the_folder_each_is_in_or_would_go_to
     out, _ = _output_lines(capsys)
     lines = _list_lines(out)
     assert sorted(lines) == sorted(CATALOGUE)
-    assert len(lines) == 14 + 7 + 2  # LayerDiffuse's, the few-step LoRAs, LayerDiffuse-Flux's
-    assert len(out) == 2 * 23  # each file's summary line and its description
+    # LayerDiffuse's, the few-step LoRAs, LayerDiffuse-Flux's, the matting model
+    assert len(lines) == 14 + 7 + 2 + 1
+    assert len(out) == 2 * 24  # each file's summary line and its description
     assert lines["layer_sd15_joint"].endswith(f"  {present}")
     others = [line for name, line in lines.items() if name != "layer_sd15_joint"]
     for name, line in lines.items():
@@ -336,8 +337,9 @@ def test_models_list_shows_all_23_files_and_the_folder_each_is_in_or_would_go_to
         folder = empty_caches / f"models--{CATALOGUE[name].repo_id.replace('/', '--')}"
         assert line.endswith(f"  missing from {models_dir}; a download goes to {folder}"), line
     assert "few_step_lora" in lines["sdxl_lightning_4step"]
-    assert len(others) == 22
+    assert len(others) == 23
     assert "flux_transparent_vae" in lines["flux_transparent_vae"]
+    assert "  matting  " in lines["birefnet_hr_matting"]
 
 
 def test_models_list_without_a_models_folder_names_the_download_folder(

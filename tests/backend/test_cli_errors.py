@@ -53,7 +53,8 @@ CASES: list[tuple[list[str], str]] = [
         ["generate", "--method", "sd15_magic"],
         "error: --method: 'sd15_magic' is not one of sd15_transparent, sd15_joint, sd15_fg2bg, "
         "sd15_bg2fg, sdxl_transparent_attn, sdxl_transparent_conv, sdxl_fg2ble, "
-        "sdxl_fgble2bg, sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent",
+        "sdxl_fgble2bg, sdxl_bg2ble, sdxl_bgble2fg, sdxl_fg2bg, sdxl_bg2fg, flux_transparent, "
+        "split_layers, sd15_matted, sdxl_matted",
     ),
     (
         ["generate", "--method", "sd15_fg2bg"],

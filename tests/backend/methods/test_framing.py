@@ -177,12 +177,15 @@ def _inputs_of(method: Method, width: int, height: int) -> dict[LayerRole, np.nd
 
 
 def _sweep_methods() -> list[Method]:
-    """The SD methods (the stand-ins here are SD's stages; FLUX's method maps its result
-    back with the same `Framing`, tests/backend/flux/test_flux_method.py)."""
+    """The SD methods that map an input layer into the generation (the stand-ins here are
+    SD's stages; FLUX's method maps its result back with the same `Framing`,
+    tests/backend/flux/test_flux_method.py; the matted ones take no layer but a mask, and
+    a split fits its picture itself, tests/backend/split)."""
     return [
         method
         for method, spec in METHOD_SPECS.items()
-        if (spec.required_inputs or spec.optional_inputs) and spec.family is not ModelFamily.FLUX
+        if set(spec.required_inputs + spec.optional_inputs) - {LayerRole.MASK}
+        and spec.family in (ModelFamily.SD15, ModelFamily.SDXL)
     ]
 
 

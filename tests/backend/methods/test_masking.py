@@ -110,10 +110,11 @@ def test_the_scene_is_the_given_layer_of_a_method_that_blends_one() -> None:
     } | {Method.SD15_JOINT}
 
 
-# FLUX's method is shaped by the same `apply_mask`: tests/backend/flux/test_flux_method.py
+# FLUX's method is shaped by the same `apply_mask`: tests/backend/flux/test_flux_method.py;
+# a split's layers too: tests/backend/split/test_split_method.py
 @pytest.mark.parametrize(
     "method",
-    [m for m in Method if METHOD_SPECS[m].family is not ModelFamily.FLUX],
+    [m for m in Method if METHOD_SPECS[m].family in (ModelFamily.SD15, ModelFamily.SDXL)],
     ids=lambda method: method.value,
 )
 def test_every_method_is_shaped_by_the_selection(

@@ -13,6 +13,7 @@ from backend.store.catalogue import (
     FEW_STEP_LORAS,
     FLUX_FILES,
     LAYERDIFFUSION_REPO,
+    MATTING_FILES,
     RELEASED_FILES,
     FileKind,
     format_size,
@@ -108,7 +109,9 @@ def test_summaries_read_like_the_hub_listing() -> None:
 def test_the_few_step_loras_carry_hashes_sizes_and_their_settings() -> None:
     """Each distilled LoRA: a full sha256, its own repository and file, and the sampler,
     steps and CFG its authors advise (guidance 0 is CFG 1: no negative pass)."""
-    assert set(CATALOGUE) == set(RELEASED_FILES) | set(FEW_STEP_LORAS) | set(FLUX_FILES)
+    assert set(CATALOGUE) == (
+        set(RELEASED_FILES) | set(FEW_STEP_LORAS) | set(FLUX_FILES) | set(MATTING_FILES)
+    )
     assert len(FEW_STEP_LORAS) == 7
     for entry in FEW_STEP_LORAS.values():
         assert entry.kind is FileKind.FEW_STEP_LORA

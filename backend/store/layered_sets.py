@@ -1,0 +1,114 @@
+"""Opening Qwen-Image-Layered for Split into Layers: a diffusers folder, a hub id, or the demo.
+
+The release `Qwen/Qwen-Image-Layered` is a diffusers folder (`transformer/`, `vae/`,
+`text_encoder/`, `tokenizer/`, `processor/`, `scheduler/`, `model_index.json` naming
+`QwenImageLayeredPipeline`). A hub id is fetched with `huggingface_hub.snapshot_download`
+(only those folders; offline: only what is cached, else `ModelNotFound` saying so) and then
+read from disk as a local folder is, by `split.load_layered_components`.
+
+Memory: about 58 GB of bf16 weights (`backend/split/layered.py` has the plan per card
+size). The set is loaded whole on one device; a card under 80 GB needs the offload or
+fp8 plans described there, which are not built yet.
+
+The hub files carry no sha256 in the catalogue yet: diffusers reads the shards with
+safetensors (no code runs), and the repository's own LFS hashes are checked by
+huggingface_hub on download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from backend.errors import ModelNotFound
+from backend.model_set import LayeredBase, LayeredModelSet
+from backend.split import QWEN_LAYERED_REPO, load_layered_components
+from backend.split.demo import build_layered_demo
+from backend.store.download import default_cache_dir
+from backend.store.hub_errors import describe_hub_error, is_hub_error, resolve_offline
+
+log = logging.getLogger(__name__)
+
+LAYERED_PIPELINE = "QwenImageLayeredPipeline"
+LAYERED_DEMO_VERSION = 1
+LAYERED_DEMO_NAME = "demo-qwen-image-layered (tiny random weights: layers are noise)"
+FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
+"""The parts of the release a split reads."""
+
+
+def is_layered_source(source: str | Path) -> bool:
+    """Whether a base model source is Qwen-Image-Layered: a diffusers folder whose
+    `model_index.json` names its pipeline, or a hub id naming it."""
+    path = Path(source)
+    index = path / "model_index.json"
+    if index.is_file():
+        try:
+            return json.loads(index.read_text()).get("_class_name") == LAYERED_PIPELINE
+        except (OSError, ValueError):
+            return False
+    return not path.exists() and "qwen-image-layered" in str(source).lower()
+
+
+def open_layered_set(
+    source: str | Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool | None,
+) -> LayeredModelSet:
+    """Qwen-Image-Layered from a diffusers folder or a hub id.
+
+    Raises:
+        ModelNotFound: the folder lacks a part, or the hub id cannot be had (offline and
+            not cached, unknown, gated, no network).
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        folder = _download(str(source), resolve_offline(offline))
+    missing = [name for name in FOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise ModelNotFound(
+            f"{source} is not a Qwen-Image-Layered folder: it lacks {', '.join(missing)}"
+        )
+    try:
+        components = load_layered_components(folder, device=device, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ModelNotFound(f"cannot load Qwen-Image-Layered from {source}: {error}") from error
+    name = str(source).rstrip("/").rsplit("/", 1)[-1]
+    log.info("loaded %s (qwen_layered) on %s as %s", name, device, dtype)
+    return LayeredModelSet(base=LayeredBase(name=name, components=components))
+
+
+def open_layered_demo_set(
+    cache_dir: Path | None, device: torch.device, dtype: torch.dtype
+) -> LayeredModelSet:
+    """The tiny random Qwen-Image-Layered set (built on first use), opened as a folder is."""
+    root = (cache_dir or default_cache_dir()) / f"demo-qwen-layered-v{LAYERED_DEMO_VERSION}"
+    models = open_layered_set(build_layered_demo(root), device=device, dtype=dtype, offline=True)
+    models.base.name = LAYERED_DEMO_NAME
+    models.is_demo = True
+    return models
+
+
+def _download(repo_id: str, offline: bool) -> Path:
+    """The release's folders from the hub cache (fetched unless `offline`)."""
+    import huggingface_hub
+
+    patterns = ["model_index.json", *(f"{name}/*" for name in FOLDERS)]
+    try:
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id, allow_patterns=patterns, local_files_only=offline
+            )
+        )
+    except Exception as error:
+        if not is_hub_error(error):
+            raise
+        where = "offline, and it is not in the hub cache" if offline else "from the hub"
+        raise ModelNotFound(
+            f"cannot get {repo_id} ({where}): {describe_hub_error(error)}; "
+            f"Split into Layers needs {QWEN_LAYERED_REPO} or a folder of it"
+        ) from error
