@@ -59,7 +59,10 @@ over 24,576 (2–4 GB). Each layer is decoded alone, so the VAE never holds N fr
 - 48 GB (A6000, L40S): the transformer bf16 on the card (40.9 GB); the text encoder runs
   first and is moved to the CPU before denoising (diffusers' `model_cpu_offload_seq` is
   `text_encoder->transformer->vae`; 17 GB of system RAM); peak about 43 GB. With a prompt
-  given, the vision tower and `lm_head` need not be on the card at all.
+  given, the vision tower and `lm_head` need not be on the card at all. Built:
+  `LayeredComponents.offload` (`resident`) keeps every piece in host memory and brings each
+  to the card only for its turn; `store.layered_sets` turns it on for a CUDA card under
+  70 GB. Not measured on such a card yet.
 - 24 GB (RTX 3090/4090): the transformer cannot stay in bf16. Either store it in fp8
   (`enable_layerwise_casting(storage_dtype=float8_e4m3fn, compute_dtype=bfloat16)`,
   20.4 GB: fits at 640² with few layers only, not at 1024²; Comfy-Org ships
@@ -68,13 +71,15 @@ over 24,576 (2–4 GB). Each layer is decoded alone, so the VAE never holds N fr
   pinned CPU memory (`enable_group_offload`, ≥ 48 GB of system RAM, about 4 TB moved over
   PCIe for 50 steps with CFG: minutes per picture). The text encoder runs alone on the
   card in bf16 (16.6 GB) before the transformer is brought in, or in 8-bit (8.3 GB).
+  Not built: on a 24 GB card loading the transformer fails with CUDA's out-of-memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +163,8 @@ class LayeredComponents:
         image_processor: Qwen2-VL's image processor (the `processor` folder), for captions.
         scheduler_config: the `FlowMatchEulerDiscreteScheduler` config.
         device / dtype: where and in what the models run.
+        offload: the models wait in host memory and each goes to `device` only while it
+            works (`resident`): the 48 GB plan (peak: the transformer, 40.9 GB in bf16).
     """
 
     transformer: torch.nn.Module
@@ -168,10 +175,19 @@ class LayeredComponents:
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
+    offload: bool = False
+
+
+OFFLOAD_DEVICE = torch.device("cpu")
+"""Where offloaded pieces wait."""
 
 
 def load_layered_components(
-    folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
+    folder: Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    offload: bool = False,
 ) -> LayeredComponents:
     """Load a Qwen-Image-Layered diffusers folder (a download or the demo) from disk only.
 
@@ -182,6 +198,7 @@ def load_layered_components(
         folder: holds `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `processor/`,
             `scheduler/` (the release's layout).
         device / dtype: where and in what the models run.
+        offload: keep the models in host memory, each on `device` only while it works.
     """
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
@@ -200,7 +217,7 @@ def load_layered_components(
         folder / "text_encoder", dtype=dtype, local_files_only=True
     )
     for module in (transformer, vae, text_encoder):
-        module.to(target).eval().requires_grad_(False)
+        module.to(OFFLOAD_DEVICE if offload else target).eval().requires_grad_(False)
     return LayeredComponents(
         transformer=transformer,
         vae=vae,
@@ -212,6 +229,7 @@ def load_layered_components(
         scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
         device=target,
         dtype=dtype,
+        offload=offload,
     )
 
 
@@ -276,12 +294,14 @@ def split_into_layers(
         (gen_width, gen_height), Image.Resampling.LANCZOS
     )
     # 2. Prompt (a caption when none is given) and the negative prompt.
-    if prompt is None or not prompt.strip():
-        prompt = caption_image(components, picture, caption_tokens)
-    embeds, mask = encode_prompt(components, prompt)
-    negative = encode_prompt(components, negative_prompt) if cfg > 1 else None
+    with resident(components, components.text_encoder):
+        if prompt is None or not prompt.strip():
+            prompt = caption_image(components, picture, caption_tokens)
+        embeds, mask = encode_prompt(components, prompt)
+        negative = encode_prompt(components, negative_prompt) if cfg > 1 else None
     # 3. The picture's latent (the condition), noise for composite + layers, the schedule.
-    condition = pack_frames(encode_picture(components, picture))
+    with resident(components, components.vae):
+        condition = pack_frames(encode_picture(components, picture))
     rows, columns = gen_height // 16, gen_width // 16
     channels = components.transformer.config.in_channels // (_PATCH * _PATCH)
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -313,27 +333,46 @@ def split_into_layers(
         return out[:, : latents.shape[1]].float()
 
     total = len(scheduler.timesteps)
-    for index, t in enumerate(scheduler.timesteps):
-        hidden = torch.cat([latents, condition], dim=1).to(components.dtype)
-        timestep = (t.expand(1) / 1000).to(components.dtype)
-        prediction = predict(hidden, timestep, (embeds, mask))
-        if negative is not None:
-            unguided = predict(hidden, timestep, negative)
-            guided = unguided + cfg * (prediction - unguided)
-            if cfg_normalize:
-                guided = guided * (
-                    prediction.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True)
-                )
-            prediction = guided
-        latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
-        if on_step is not None:
-            on_step(index + 1, total, latents)
+    with resident(components, components.transformer):
+        for index, t in enumerate(scheduler.timesteps):
+            hidden = torch.cat([latents, condition], dim=1).to(components.dtype)
+            timestep = (t.expand(1) / 1000).to(components.dtype)
+            prediction = predict(hidden, timestep, (embeds, mask))
+            if negative is not None:
+                unguided = predict(hidden, timestep, negative)
+                guided = unguided + cfg * (prediction - unguided)
+                if cfg_normalize:
+                    guided = guided * (
+                        prediction.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True)
+                    )
+                prediction = guided
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(index + 1, total, latents)
     # 5. Decode each layer (frame 0 is the regenerated composite) and resize back.
     frames = unpack_frames(latents, layers + 1, rows, columns)
-    return [
-        _to_uint8(decode_frame(components, frames[:, frame]), width, height)
-        for frame in range(1, layers + 1)
-    ]
+    with resident(components, components.vae):
+        return [
+            _to_uint8(decode_frame(components, frames[:, frame]), width, height)
+            for frame in range(1, layers + 1)
+        ]
+
+
+@contextmanager
+def resident(components: LayeredComponents, module: torch.nn.Module) -> Iterator[None]:
+    """With `components.offload`, `module` on the device only while it works, in host
+    memory otherwise (diffusers' model CPU offload: one large piece on the card at a time,
+    `text_encoder → transformer → vae`); without, nothing moves."""
+    if not components.offload:
+        yield
+        return
+    module.to(components.device)
+    try:
+        yield
+    finally:
+        module.to(OFFLOAD_DEVICE)
+        if components.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 @torch.no_grad()

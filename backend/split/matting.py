@@ -42,8 +42,9 @@ The port is `split.birefnet.BiRefNet` (an independent implementation whose state
 the released files'); the store reads `ZhengPeng7/BiRefNet_HR-matting` into it
 (`store.matting_models`). The contract it meets is fixed here (RGB normalised with
 ImageNet statistics at a square `input_size` in, one logit map out, sigmoid = alpha), and
-`MattingNet` is a small documented model of that contract for the library's own tests. ViTMatte, which transformers
-does ship, needs a trimap and so a segmentation first: not a one-model fallback.
+`MattingNet` is a small documented model of that contract for the library's own tests.
+ViTMatte, which transformers does ship, needs a trimap and so a segmentation first: not a
+one-model fallback.
 """
 
 from __future__ import annotations

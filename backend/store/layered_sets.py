@@ -7,8 +7,11 @@ The release `Qwen/Qwen-Image-Layered` is a diffusers folder (`transformer/`, `va
 read from disk as a local folder is, by `split.load_layered_components`.
 
 Memory: about 58 GB of bf16 weights (`backend/split/layered.py` has the plan per card
-size). The set is loaded whole on one device; a card under 80 GB needs the offload or
-fp8 plans described there, which are not built yet.
+size). On a card of at least `WHOLE_SET_BYTES` everything stays on it; on a smaller CUDA
+card the pieces wait in host memory and each goes to the card only while it works
+(`offload`, the 48 GB plan: the transformer alone, 40.9 GB, is the peak, and the host
+needs about 60 GB of RAM). A 24 GB card needs the fp8 or NF4 transformer of the plan,
+which is not built: there the transformer does not fit and loading fails on the card.
 
 The hub files carry no sha256 in the catalogue yet: diffusers reads the shards with
 safetensors (no code runs), and the repository's own LFS hashes are checked by
@@ -37,6 +40,18 @@ LAYERED_DEMO_VERSION = 1
 LAYERED_DEMO_NAME = "demo-qwen-image-layered (tiny random weights: layers are noise)"
 FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
 """The parts of the release a split reads."""
+WHOLE_SET_BYTES = 70 * 1024**3
+"""Card memory from which the whole set stays on the card (58 GB of weights, activations)."""
+
+
+def wants_offload(device: torch.device, offload: bool | None) -> bool:
+    """`offload` as asked, or, left to us (None), on for a CUDA card too small for the
+    whole set."""
+    if offload is not None:
+        return offload
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_properties(device).total_memory < WHOLE_SET_BYTES
 
 
 def is_layered_source(source: str | Path) -> bool:
@@ -58,8 +73,13 @@ def open_layered_set(
     device: torch.device,
     dtype: torch.dtype,
     offline: bool | None,
+    offload: bool | None = None,
 ) -> LayeredModelSet:
     """Qwen-Image-Layered from a diffusers folder or a hub id.
+
+    Args:
+        offload: keep the pieces in host memory between their turns on the device; None
+            decides by the card's memory (`wants_offload`).
 
     Raises:
         ModelNotFound: the folder lacks a part, or the hub id cannot be had (offline and
@@ -74,11 +94,13 @@ def open_layered_set(
             f"{source} is not a Qwen-Image-Layered folder: it lacks {', '.join(missing)}"
         )
     try:
-        components = load_layered_components(folder, device=device, dtype=dtype)
+        offloaded = wants_offload(device, offload)
+        components = load_layered_components(folder, device=device, dtype=dtype, offload=offloaded)
     except (OSError, ValueError) as error:
         raise ModelNotFound(f"cannot load Qwen-Image-Layered from {source}: {error}") from error
     name = str(source).rstrip("/").rsplit("/", 1)[-1]
-    log.info("loaded %s (qwen_layered) on %s as %s", name, device, dtype)
+    where = f"host memory, each piece on {device} in its turn" if components.offload else device
+    log.info("loaded %s (qwen_layered) in %s as %s", name, where, dtype)
     return LayeredModelSet(base=LayeredBase(name=name, components=components))
 
 
