@@ -251,13 +251,15 @@ def encode_prompt(
         (B, max_sequence_length, joint_attention_dim) and (B, pooled_projection_dim),
         in `models.dtype` on `models.device`.
     """
+    # The text encoders may live elsewhere than the transformer (on the CPU for a 24 GB
+    # card): each reads its tokens where its weights are.
     clip_ids = models.tokenizer(
         prompts,
         padding="max_length",
         max_length=CLIP_MAX_LENGTH,
         truncation=True,
         return_tensors="pt",
-    ).input_ids.to(models.device)
+    ).input_ids.to(_device_of(models.text_encoder))
     pooled = models.text_encoder(clip_ids, output_hidden_states=False).pooler_output
     t5_ids = models.tokenizer_2(
         prompts,
@@ -265,9 +267,16 @@ def encode_prompt(
         max_length=max_sequence_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids.to(models.device)
+    ).input_ids.to(_device_of(models.text_encoder_2))
     embeds = models.text_encoder_2(t5_ids, output_hidden_states=False)[0]
-    return embeds.to(models.dtype), pooled.to(models.dtype)
+    return (
+        embeds.to(models.device, models.dtype),
+        pooled.to(models.device, models.dtype),
+    )
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def flux_schedule(
