@@ -776,7 +776,11 @@ def _generate(args: argparse.Namespace) -> int:
     written = write_files(args.output, _result_files(request, result, models.base.name))
     for path in written:
         print(path)
-    _say(f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    if request.method is Method.SPLIT_LAYERS:
+        _say(f"{len(result.images)} split(s) into {request.layers} layers in {seconds:.1f} s")
+    else:
+        _say(f"{len(result.images)} image(s) in {seconds:.1f} s")
     return EXIT_OK
 
 

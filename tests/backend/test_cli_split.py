@@ -39,7 +39,9 @@ def test_split_writes_one_rgba_png_per_layer_bottom_first(
         *("--steps", "2", "--seed", "5", "-W", "64", "-H", "48", "-p", "a cup"),
     )
     assert code == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert re.fullmatch(r"1 split\(s\) into 3 layers in \d+\.\d s", captured.err.splitlines()[-1])
     layers = [f"split_layers-5-layer{i}.png" for i in (1, 2, 3)]
     previews = [name.replace(".png", "-preview.png") for name in layers]
     assert out == [
