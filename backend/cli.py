@@ -97,6 +97,7 @@ BENCH_STAGES = (
     "cluster",
     "hires",
     "fewstep",
+    "compile",
 )
 """`backend.bench.STAGES`, here so that `--stages` is checked without importing torch."""
 
@@ -563,6 +564,12 @@ def _add_model_options(parser: argparse.ArgumentParser, *, serve: bool) -> None:
             "job does not pay for loading (auto: on for a real model on a GPU)",
         )
         parser.add_argument(
+            "--compile",
+            action="store_true",
+            help="compile the SD UNet with torch.compile at start (the warm-up runs, taking a "
+            "minute or more per job shape), for faster steps afterwards; not with --cluster",
+        )
+        parser.add_argument(
             "--lora-dir",
             type=_folder,
             metavar="FOLDER",
@@ -658,7 +665,8 @@ def _add_bench(commands: Any) -> None:
         type=_stages,
         default=None,
         help=f"comma-separated, of {', '.join(BENCH_STAGES)} "
-        "(default: all but demo, cluster and hires on CUDA; decoder and transport on a CPU)",
+        "(default: all but demo, cluster, hires and compile on CUDA; decoder and transport on a "
+        "CPU)",
     )
     bench.add_argument(
         "--json", type=_new_file, metavar="FILE", help="also write the report as JSON"
@@ -1097,6 +1105,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     cluster_config = _cluster_config(args)
+    if cluster_config is not None and args.compile:
+        raise UsageError(
+            "--compile: a cluster's replicas load their own models; not with --cluster"
+        )
     if cluster_config is not None and importlib.util.find_spec("ray") is None:
         _say(f"error: --cluster needs Ray Serve: {CLUSTER_INSTALL}")
         return EXIT_NO_START
@@ -1127,6 +1139,14 @@ def _serve(args: argparse.Namespace) -> int:
         models.tiling = _tiling(args)
         if models.warning is not None:
             _say(models.warning)
+        if args.compile:
+            from .methods.compiled import compile_unet
+
+            try:
+                compile_unet(models)
+            except ValueError as error:
+                _say(f"error: --compile: {error}")
+                return EXIT_NO_START
         executor = None
         demo = models.is_demo
     else:
@@ -1140,7 +1160,7 @@ def _serve(args: argparse.Namespace) -> int:
         models, executor, demo = None, cluster.executor(), cluster.replica.model.demo
     if demo:
         _say("serving the demo model set: tiny random models, so the pictures are noise")
-    if models is not None and _warms_up(args.warm_up, models):
+    if models is not None and (args.compile or _warms_up(args.warm_up, models)):
         from .methods.warmup import warm_up
 
         _say(f"warmed up in {warm_up(models):.1f} s (a first transparent layer, thrown away)")

@@ -22,10 +22,11 @@ STAGES = (
     "cluster",
     "hires",
     "fewstep",
+    "compile",
 )
-ON_REQUEST = ("demo", "cluster", "hires")
+ON_REQUEST = ("demo", "cluster", "hires", "compile")
 """Stages run only when asked for (the cluster one needs Ray: pip install -e '.[cluster]';
-the hires one takes minutes at 4096²)."""
+the hires one takes minutes at 4096²; the compile one a minute or more per graph)."""
 
 
 def bench_transport_stage(report: BenchReport, repeat: int, side: int = 4096) -> None:
@@ -61,9 +62,10 @@ def run_bench(
             command), "cluster" (demo jobs through one machine's server and through a
             local Ray cluster), "hires" (2048² and 4096²: the decodes whole and in
             tiles, one pass against two; `size` replaces the two sides), "fewstep" (the
-            20-step job against each few-step LoRA, with how far the alpha moves); None: all but
-            "demo", "cluster" and "hires" on CUDA, the decoder and the transport on a CPU
-            (real-size models on a CPU take minutes).
+            20-step job against each few-step LoRA, with how far the alpha moves), "compile"
+            (the job eager and with the UNet compiled, and the graphs a method switch adds);
+            None: all but "demo", "cluster", "hires" and "compile" on CUDA, the decoder and
+            the transport on a CPU (real-size models on a CPU take minutes).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = target.type == "cuda"
@@ -92,6 +94,10 @@ def run_bench(
         from .fewstep import bench_few_step
 
         bench_few_step(report, target, torch_dtype, repeat)
+    if "compile" in stages:
+        from .compile import bench_compile
+
+        bench_compile(report, target, torch_dtype, repeat)
     if "hires" in stages:
         from .hires import HIRES_SIDES, bench_hires
 
