@@ -17,3 +17,7 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 python3 -m pytest -m gpu tests/gpu -q -s -p no:warnings -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 python3 -m backend generate --demo --device cuda -p "a glass cup" -o /tmp/demo-out 2>&1 | tail -3 | tee "$OUT/demo.log"
 python3 -m backend bench --repeat 3 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+# Issue #13: the few-step rows and the compiled UNet beside the eager one (compiles take
+# a minute or two per graph on a GPU too).
+timeout 420 python3 -m backend bench --repeat 3 --stages fewstep,compile \
+    --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt"
