@@ -126,7 +126,8 @@ CASES: list[tuple[list[str], str]] = [
     (
         ["bench", "--stages", "decoder,nope"],
         "error: argument --stages: unknown stage 'nope'; known: decoder, sd15, sdxl, methods, "
-        "sdxl_methods, transport, demo, cluster, hires, fewstep, compile (see `layerdiffuse bench --help`)",
+        "sdxl_methods, transport, demo, cluster, hires, fewstep, compile (see "
+        "`layerdiffuse bench --help`)",
     ),
     (
         ["bench", "--json", "nowhere/report.json"],
