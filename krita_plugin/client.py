@@ -60,6 +60,8 @@ class JobResult:
     seed: int
     layers: dict[protocol.LayerRole, Buffer]
     """The received buffers themselves (memoryviews), not copies."""
+    stack: tuple[Buffer, ...] = ()
+    """A split's layers (role `layer`), bottom first; empty for the other methods."""
 
 
 @dataclass
@@ -253,7 +255,8 @@ class BackendClient:
                 # The received buffers themselves: a copy of a 4096² layer would hold the
                 # UI thread for 60 ms.
                 layers = dict(event.images.items())
-                job.results.append(JobResult(event.result.index, event.result.seed, layers))
+                result = JobResult(event.result.index, event.result.seed, layers, event.stack)
+                job.results.append(result)
         elif isinstance(event, protocol.JobDone):
             self._done(event.done)
         elif isinstance(event, protocol.ErrorReceived):

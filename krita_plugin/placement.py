@@ -67,9 +67,13 @@ class NewLayer:
             above that; the last `BELOW` goes directly below the anchor.
         pixels: BGRA bytes of the region's size.
         visible: whether the layer starts visible.
+        group: the name of a new group layer it goes into (None: none). The layers of one
+            group are given bottom to top; the group takes the place the first of them
+            says, and is inserted whole, in one undo step (a split's layers).
     """
 
     name: str
     placement: Placement
     pixels: Buffer
     visible: bool = True
+    group: str | None = None

@@ -11,6 +11,11 @@
   directly above it.
 - together: `sd15_joint` (SD1.5 only); reads nothing; inserts the background, then the
   foreground, above the active layer.
+- split into layers: `split_layers` (Qwen-Image-Layered only); reads the active layer;
+  inserts its N layers, bottom first, in one new group directly above it.
+- a transparent layer on a checkpoint the backend says LayerDiffuse fails on runs the
+  family's matted method instead (`sd15_matted` / `sdxl_matted`: generated on gray and
+  matted), unless the painter turned that off.
 
 "Together" reads no layer, so like the transparent layer its results go above the active
 layer: the background directly above it, the foreground above the background (putting
@@ -30,6 +35,7 @@ from .vendor import protocol
 
 __all__ = [
     "KRITA_ACTIONS",
+    "MATTED_METHODS",
     "SDXL_TRANSPARENT_MODELS",
     "Action",
     "OutputLayer",
@@ -43,6 +49,7 @@ LayerRole = protocol.LayerRole
 ModelFamily = protocol.ModelFamily
 
 _FG, _BG, _BLEND = LayerRole.FOREGROUND, LayerRole.BACKGROUND, LayerRole.BLENDED
+_LAYER = LayerRole.LAYER
 _ABOVE, _BELOW = Placement.ABOVE, Placement.BELOW
 
 
@@ -53,6 +60,7 @@ class Action(Enum):
     BACKGROUND = "background"
     FOREGROUND = "foreground"
     TOGETHER = "together"
+    SPLIT_LAYERS = "split_layers"
 
     @property
     def label(self) -> str:
@@ -63,6 +71,7 @@ KRITA_ACTIONS: tuple[tuple[str, str, Action | None], ...] = (
     ("layerdiffuse_generate_layer", "Generate Transparent Layer", Action.TRANSPARENT_LAYER),
     ("layerdiffuse_generate_background", "Generate Background for Layer", Action.BACKGROUND),
     ("layerdiffuse_generate_foreground", "Generate Foreground into Scene", Action.FOREGROUND),
+    ("layerdiffuse_split_layers", "Split into Layers", Action.SPLIT_LAYERS),
     ("layerdiffuse_cancel", "Cancel Generation", None),
 )
 """Krita's actions: id, menu text (as in `layerdiffuse.action`), what they do (None: cancel)."""
@@ -72,6 +81,7 @@ _LABELS = {
     Action.BACKGROUND: "Background for the active layer",
     Action.FOREGROUND: "Foreground into the scene",
     Action.TOGETHER: "Foreground and background together",
+    Action.SPLIT_LAYERS: "Split into layers",
 }
 
 
@@ -120,12 +130,16 @@ class Recipe:
 SDXL_TRANSPARENT_MODELS = (Method.SDXL_TRANSPARENT_ATTN, Method.SDXL_TRANSPARENT_CONV)
 """The two SDXL transparent models the original offers: attention or conv injection."""
 
+MATTED_METHODS = {ModelFamily.SD15: Method.SD15_MATTED, ModelFamily.SDXL: Method.SDXL_MATTED}
+"""The fallback of each SD family where LayerDiffuse fails: generate on gray, matte."""
+
 
 def recipe_for(
     action: Action,
     family: protocol.ModelFamily,
     insert_blended: bool = False,
     sdxl_transparent: protocol.Method = Method.SDXL_TRANSPARENT_ATTN,
+    matted: bool = False,
 ) -> Recipe:
     """The recipe of an action on a model family.
 
@@ -135,12 +149,16 @@ def recipe_for(
         insert_blended: also insert the blended image the layer methods make (hidden).
         sdxl_transparent: the SDXL transparent layer's method (one of
             `SDXL_TRANSPARENT_MODELS`).
+        matted: a transparent layer by the matting fallback (SD1.5 and SDXL).
 
     Raises:
         MethodUnavailable: the family has no method for the action (together on SDXL;
-            anything but a transparent layer on FLUX).
+            anything but a transparent layer on FLUX; anything but a split on
+            Qwen-Image-Layered, and a split on any other).
     """
     sd15 = family is ModelFamily.SD15
+    if action is Action.SPLIT_LAYERS or family is ModelFamily.QWEN_LAYERED:
+        return _split_recipe(action, family)
     blended = (OutputLayer(_BLEND, _BELOW, visible=False),) if insert_blended else ()
     if family is ModelFamily.FLUX:
         if action is not Action.TRANSPARENT_LAYER:
@@ -161,6 +179,8 @@ def recipe_for(
         if sdxl_transparent not in SDXL_TRANSPARENT_MODELS:
             raise ValueError(f"{sdxl_transparent} is not an SDXL transparent method")
         method = Method.SD15_TRANSPARENT if sd15 else sdxl_transparent
+        if matted:
+            method = MATTED_METHODS[family]
         return Recipe(
             action, family, InputSource.NOTHING, None, method, (OutputLayer(_FG, _ABOVE),)
         )
@@ -184,6 +204,30 @@ def recipe_for(
     return Recipe(action, family, InputSource.NOTHING, None, Method.SD15_JOINT, outputs)
 
 
+def _split_recipe(action: Action, family: protocol.ModelFamily) -> Recipe:
+    """Split into Layers, which only Qwen-Image-Layered does (and all it does)."""
+    if family is not ModelFamily.QWEN_LAYERED:
+        raise MethodUnavailable(
+            "Splitting a layer into layers needs a Qwen-Image-Layered backend (`layerdiffuse "
+            "serve --base Qwen/Qwen-Image-Layered`, a large-GPU model); this one runs "
+            f"{_family_label(family)}."
+        )
+    if action is not Action.SPLIT_LAYERS:
+        raise MethodUnavailable(
+            f"“{action.label}” needs an SD1.5 or SDXL model: this backend runs "
+            "Qwen-Image-Layered, which splits a layer into layers. Use Split into layers, "
+            "or start the backend with an SD1.5 or SDXL model."
+        )
+    return Recipe(
+        action,
+        family,
+        InputSource.ACTIVE_LAYER,
+        _LAYER,
+        Method.SPLIT_LAYERS,
+        (OutputLayer(_LAYER, _ABOVE),),
+    )
+
+
 def step_inputs(
     method: protocol.Method,
 ) -> tuple[protocol.LayerRole, ...]:
@@ -195,5 +239,10 @@ def _family_label(family: protocol.ModelFamily) -> str:
     return FAMILY_LABELS[family]
 
 
-FAMILY_LABELS = {ModelFamily.SD15: "SD1.5", ModelFamily.SDXL: "SDXL", ModelFamily.FLUX: "FLUX"}
+FAMILY_LABELS = {
+    ModelFamily.SD15: "SD1.5",
+    ModelFamily.SDXL: "SDXL",
+    ModelFamily.FLUX: "FLUX",
+    ModelFamily.QWEN_LAYERED: "Qwen-Image-Layered",
+}
 """How the docker and its messages name each model family."""

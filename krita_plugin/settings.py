@@ -245,6 +245,47 @@ class Settings:
             shown_times=100,
         ),
     )
+    split_layers: int = field(
+        default=4,
+        metadata=_spec(
+            "Layers",
+            "How many layers Split into layers makes of the active layer (Qwen-Image-Layered; "
+            "the model card's default is 4)",
+            minimum=1,
+            maximum=10,
+            unit="layers",
+        ),
+    )
+    split_steps: int = field(
+        default=50,
+        metadata=_spec(
+            "Steps",
+            "Sampler steps of a split (the model card's: 50)",
+            minimum=1,
+            maximum=150,
+            unit="steps",
+        ),
+    )
+    split_cfg: float = field(
+        default=4.0,
+        metadata=_spec(
+            "CFG",
+            "How closely a split follows the prompt (true CFG; the model card's: 4; 1 is "
+            "one pass a step)",
+            minimum=1.0,
+            maximum=30.0,
+        ),
+    )
+    matting_fallback: bool = field(
+        default=True,
+        metadata=_spec(
+            "Generate on gray and matte",
+            "When the backend says LayerDiffuse fails on its model (an Illustrious-XL or "
+            "NoobAI-XL checkpoint, say), make transparent layers by generating on a neutral "
+            "gray and matting (sd15_matted / sdxl_matted) instead of with LayerDiffuse; "
+            "the layer's name says “(matted)”",
+        ),
+    )
     insert_results: bool = field(
         default=True,
         metadata=_spec(

@@ -38,8 +38,15 @@ from .errors import (
 from .geometry import Bounds, Extent
 from .pixels import BYTES_PER_PIXEL, Buffer, alpha_strip, lazy_buffer, strips
 from .placement import Capture, InputSource, NewLayer
-from .recipes import FAMILY_LABELS, Action, Recipe, recipe_for, step_inputs
-from .settings import FAMILY_AUTO, Settings, SettingsStore, load_settings, save_settings
+from .recipes import FAMILY_LABELS, MATTED_METHODS, Action, Recipe, recipe_for, step_inputs
+from .settings import (
+    FAMILY_AUTO,
+    Settings,
+    SettingsStore,
+    describe,
+    load_settings,
+    save_settings,
+)
 from .vendor import protocol
 
 __all__ = [
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MASK_SINCE = (1, 1)
 """The protocol version from which a backend takes a selection mask."""
+MATTING_LABEL = describe("matting_fallback")[0]
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
 
@@ -192,13 +200,29 @@ class _RunningJob:
     cancelled: bool = False
 
 
-def layer_name(prompt: str, role: protocol.LayerRole, seed: int) -> str:
+def layer_name(prompt: str, role: protocol.LayerRole | str, seed: int) -> str:
     """A result layer's name: what tells results apart first (role, seed), then the
-    prompt's start, so the Layers docker's narrow column still shows the difference."""
-    text = " ".join(prompt.split())
-    if len(text) > 48:
-        text = text[:47].rstrip() + "…"
-    return f"{role.value} · seed {seed} · {text or 'LayerDiffuse'}"
+    prompt's start, so the Layers docker's narrow column still shows the difference.
+    `role` may be words of its own ("foreground (matted)")."""
+    text = _short(prompt)
+    what = role.value if isinstance(role, protocol.LayerRole) else role
+    return f"{what} · seed {seed} · {text or 'LayerDiffuse'}"
+
+
+def split_group_name(source: str, seed: int) -> str:
+    """The group a split's layers go into: what was split, and the seed."""
+    return f"Split: {_short(source) or 'layer'} · seed {seed}"
+
+
+def split_layer_name(index: int, count: int, prompt: str, source: str, seed: int) -> str:
+    """A split's layer: its place in the stack first ("Layer 1/4" is the bottom one),
+    then the seed and the prompt (the source's name when the model captioned it)."""
+    return f"Layer {index}/{count} · seed {seed} · {_short(prompt) or _short(source) or 'layer'}"
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text[:47].rstrip() + "…" if len(text) > 48 else text
 
 
 SECOND_STEP_SETTINGS = (
@@ -220,6 +244,12 @@ SD_SETTINGS = (
 """Settings of the SD families' every method that FLUX's has no use for (no negative pass,
 no sampler choice, its LoRA always on, no second pass)."""
 
+SPLIT_SETTINGS = frozenset(
+    {"split_layers", "split_steps", "split_cfg", "seed", "random_seed", "fit_to_native"}
+)
+"""What a split reads (Qwen-Image-Layered: its own steps and true CFG, the layer count;
+no negative prompt, sampler or second pass)."""
+
 
 def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> frozenset[str]:
     """The generation settings that change what `action` makes on `family` (None: the
@@ -232,9 +262,13 @@ def applicable_settings(action: Action, family: protocol.ModelFamily | None) -> 
     SDXL transparent model (attention or conv), the layer prompts the recipe's methods
     read, and "insert blended" for the recipes that make a blended image.
     """
+    if action is Action.SPLIT_LAYERS or family is protocol.ModelFamily.QWEN_LAYERED:
+        return SPLIT_SETTINGS  # (on Qwen-Image-Layered nothing else runs)
     names = {"steps", "cfg_scale", "seed", "random_seed", "fit_to_native"}
     families = tuple(protocol.ModelFamily) if family is None else (family,)
     for each in families:
+        if each is protocol.ModelFamily.QWEN_LAYERED:
+            continue  # it has no other action
         if each is not protocol.ModelFamily.FLUX:  # FLUX: guidance-distilled flow matching
             names.update(SD_SETTINGS)
         try:
@@ -310,7 +344,11 @@ class DockerState:
         self.refusals: dict[Action, str | None] = {}
         self.tray: list[TrayItem] = []
         self._job: _RunningJob | None = None
+        self._warned: tuple[str, str] | None = None
+        self._warned_on_canvas: tuple[str, str] | None = None
         client.on_state = self._on_connection
+        if client.state is ConnectionState.CONNECTED:  # (connected before the state was made)
+            self._on_connection(client.state, client.status)
         self.refresh()
 
     # Settings and connection ---------------------------------------------------------------
@@ -333,7 +371,62 @@ class DockerState:
         self.changed.emit("connection")
         if state is ConnectionState.CONNECTED and self.message.about is About.CONNECTION:
             self._say("", False)  # "Can't reach…" is stale beside a green dot
+        if state is ConnectionState.CONNECTED:
+            self._follow_the_backend()
+            self._warn_about_model()
         self.refresh()
+
+    def _follow_the_backend(self) -> None:
+        """With "Automatic", Generate does what the backend's model can: a
+        Qwen-Image-Layered backend does nothing but split, and no other backend splits.
+        (A family the painter chose stays theirs, and so does their method.)"""
+        welcome = self.client.welcome
+        if welcome is None or self.settings.family != FAMILY_AUTO:
+            return
+        splits = welcome.model.family is protocol.ModelFamily.QWEN_LAYERED
+        chosen = Action(self.settings.method)
+        if splits and chosen is not Action.SPLIT_LAYERS:
+            self.update_settings(method=Action.SPLIT_LAYERS.value)
+        elif not splits and chosen is Action.SPLIT_LAYERS:
+            self.update_settings(method=Action.TRANSPARENT_LAYER.value)
+
+    def _model_key(self) -> tuple[str, str] | None:
+        welcome = self.client.welcome
+        return None if welcome is None else (welcome.session, welcome.model.name)
+
+    def _warn_about_model(self) -> None:
+        """Say once per backend model, in the docker, that LayerDiffuse is expected to
+        fail on it and what a transparent layer does about it; on the canvas too when a
+        document is open (else at the first transparent layer, `_warn_on_canvas`)."""
+        warning = self.model_warning()
+        key = self._model_key()
+        if warning is None or key == self._warned:
+            return
+        self._warned = key
+        # (The whole warning stays in the docker while it applies: `model_warning`.)
+        self._say(
+            f"LayerDiffuse is expected to fail on the backend's model. {self.matting_text()}",
+            False,
+            About.JOB,
+        )
+        if not isinstance(self.canvas.document_problem(), NoDocument):
+            self._warn_on_canvas()
+
+    def _warn_on_canvas(self) -> None:
+        """The model's warning as a floating message on the canvas, once per model."""
+        warning = self.model_warning()
+        key = self._model_key()
+        if warning is None or key == self._warned_on_canvas:
+            return
+        self._warned_on_canvas = key
+        log.info("warned on the canvas: %s", warning)
+        self.canvas.tell(f"{warning} {self.matting_text()}")
+
+    def matting_text(self) -> str:
+        """What a transparent layer does on a model LayerDiffuse fails on, as set."""
+        if self.settings.matting_fallback:
+            return "Transparent layers are generated on gray and matted instead."
+        return f"“{MATTING_LABEL}” is off: transparent layers may come out tinted."
 
     # What can run ---------------------------------------------------------------------------
 
@@ -345,8 +438,10 @@ class DockerState:
         if self.client.state is not ConnectionState.CONNECTED:
             return NotConnected(self.connection_text)
         try:
-            self._recipe(action).check_offered(self.offered_methods())
-            self.speed_lora()
+            recipe = self._recipe(action)
+            recipe.check_offered(self.offered_methods())
+            if recipe.method is not protocol.Method.SPLIT_LAYERS:  # a split takes no LoRA
+                self.speed_lora()
         except PluginError as error:
             return error
         return self.canvas.document_problem()
@@ -367,12 +462,24 @@ class DockerState:
             self._say("", False)
 
     def _recipe(self, action: Action) -> Recipe:
+        family = self.family()
         return recipe_for(
             action,
-            self.family(),
+            family,
             self.settings.insert_blended,
             protocol.Method(self.settings.sdxl_transparent_model),
+            matted=self.settings.matting_fallback and self.model_warning() is not None,
         )
+
+    def model_warning(self) -> str | None:
+        """Why the backend expects LayerDiffuse to fail on its model, when it says so
+        (protocol 1.3) and the actions run on that model's family; else None."""
+        welcome = self.client.welcome
+        if welcome is None or welcome.model.warning is None:
+            return None
+        if self.known_family() is not welcome.model.family:
+            return None
+        return welcome.model.warning
 
     def offered_loras(self) -> tuple[protocol.LoRAInfo, ...]:
         """The few-step (and other) LoRAs the backend offers for the actions' family."""
@@ -478,14 +585,17 @@ class DockerState:
         except PluginError as error:
             self._refuse(error)
             return None
+        if recipe.method in MATTED_METHODS.values():
+            self._warn_on_canvas()  # (if it was not shown when the backend connected)
         settings = self.settings
         seed = random.randrange(0, 2**31) if settings.random_seed else settings.seed
         self._job = _RunningJob(action, self.clock())
         self.running = True
-        self.progress = Progress(0, settings.steps)
+        steps = settings.split_steps if action is Action.SPLIT_LAYERS else settings.steps
+        self.progress = Progress(0, steps)
         self.preview = None
         self._emit("running", "progress", "preview")
-        self._say(f"{action.label}: generating…", False)
+        self._say(f"{action.label}: {_doing(recipe.method)}…", False)
         self.refresh()
         if self.set_busy is not None:
             self.set_busy(True)
@@ -522,8 +632,10 @@ class DockerState:
             if job.cancelled:
                 raise JobCancelled()
             job.job_id = new_job_id()
+            split = recipe.method is protocol.Method.SPLIT_LAYERS
+            lora = None if split else self.speed_lora()
             submit, images = _submit(
-                job.job_id, recipe.method, settings, seed, capture.region, layers, self.speed_lora()
+                job.job_id, recipe.method, settings, seed, capture.region, layers, lora
             )
 
             def on_progress(step: int, total: int, preview: tuple[int, int, bytes] | None) -> None:
@@ -534,15 +646,7 @@ class DockerState:
                 raise JobCancelled()
             result = _first(results)
             result_seed = result.seed
-            new_layers = [
-                NewLayer(
-                    layer_name(settings.prompt, output.role, result_seed),
-                    output.placement,
-                    result.layers[output.role],
-                    output.visible,
-                )
-                for output in recipe.outputs
-            ]
+            new_layers = _new_layers(recipe, result, settings, capture.anchor_name)
             item = TrayItem(
                 dataclasses.replace(capture, pixels=None),
                 tuple(new_layers),
@@ -662,6 +766,50 @@ class DockerState:
             self.changed.emit(name)
 
 
+def _new_layers(
+    recipe: Recipe, result: JobResult, settings: Settings, source: str
+) -> list[NewLayer]:
+    """The layers a result inserts, named: a split's in one group named after its
+    source, a matted layer saying so."""
+    seed = result.seed
+    layers = []
+    for output in recipe.outputs:
+        if output.role is protocol.LayerRole.LAYER:
+            count = len(result.stack)
+            if count != settings.split_layers:
+                raise PluginError(
+                    f"The backend returned {count} layers for a split into "
+                    f"{settings.split_layers}; nothing was inserted."
+                )
+            group = split_group_name(source, seed)
+            layers += [
+                NewLayer(
+                    split_layer_name(index, count, settings.prompt, source, seed),
+                    output.placement,
+                    pixels,
+                    output.visible,
+                    group,
+                )
+                for index, pixels in enumerate(result.stack, start=1)
+            ]
+            continue
+        role: protocol.LayerRole | str = output.role
+        if recipe.method in MATTED_METHODS.values():  # not LayerDiffuse's alpha: say so
+            role = f"{output.role.value} (matted)"
+        name = layer_name(settings.prompt, role, seed)
+        layers.append(NewLayer(name, output.placement, result.layers[output.role], output.visible))
+    return layers
+
+
+def _doing(method: protocol.Method) -> str:
+    """What the backend is doing while the job runs, in a word or three."""
+    if method is protocol.Method.SPLIT_LAYERS:
+        return "splitting"
+    if method in MATTED_METHODS.values():
+        return "generating on gray to matte"
+    return "generating"
+
+
 def _about(error: PluginError) -> About:
     if isinstance(error, NotConnected):
         return About.CONNECTION
@@ -690,6 +838,7 @@ def _submit(
         )
         if role in spec.layer_prompts and text.strip()
     }
+    split = method is protocol.Method.SPLIT_LAYERS
     request = protocol.GenerationParameters(
         method=method,
         prompt=settings.prompt,
@@ -699,8 +848,8 @@ def _submit(
         height=region.height,
         fit_to_native=settings.fit_to_native,
         seed=seed,
-        steps=settings.steps,
-        cfg_scale=settings.cfg_scale,
+        steps=settings.split_steps if split else settings.steps,
+        cfg_scale=settings.split_cfg if split else settings.cfg_scale,
         sampler=protocol.Sampler(settings.sampler),
         weight=settings.weight,
         ending_step=settings.stop_at,
@@ -708,6 +857,7 @@ def _submit(
         hires_strength=settings.hires_strength,
         lora=None if lora is None else lora.name,
         lora_weight=1.0 if lora is None else lora.weight,
+        layers=settings.split_layers if split else 4,
         **_second_step(method, settings),
     )
     inputs = []

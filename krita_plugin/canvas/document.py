@@ -212,8 +212,8 @@ def _checked_layer(anchor: Node, pixels: memoryview, visible: bool) -> memoryvie
     if not visible:
         raise EmptyRegion(
             f"The layer “{anchor.name()}” has nothing visible in the work area, so there "
-            "is no foreground to make a background for. Select the layer you painted, "
-            "or an area where it has content."
+            "is nothing to work from (a background needs a foreground, a split a "
+            "picture). Select the layer you painted, or an area where it has content."
         )
     return pixels
 

@@ -4,6 +4,11 @@ Each layer is created with `Document.createNode`, filled with `setPixelData` at 
 region *before* it is in the tree (so filling it is not a separate step), and inserted
 with `Node.addChildNode`: one undo step, and the painter's own layers are never written.
 
+Layers of one group (a split's) are added to a new group layer while neither is in the
+tree, bottom first, and the group is then inserted like one layer: one undo step for the
+group and all of it (in Krita 5.1.5 one Undo removes the group with its layers and one
+Redo brings them back: `tests/krita_plugin/in_krita/test_split_and_matting_in_krita.py`).
+
 `addChildNode(node, above)` puts `node` directly above a sibling, or on top when that is
 None; there is no way to insert at the very bottom of a group. A layer that must go
 below the bottom-most layer of its group is inserted directly above it and then lowered
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from krita import Document, Krita, Node
 
@@ -42,7 +48,7 @@ async def insert_layers(capture: Capture, layers: Sequence[NewLayer]) -> list[st
         layers: the layers, in the order `NewLayer.placement` describes.
 
     Returns:
-        The inserted layers' names.
+        The inserted layers' names (a group's name for all of its layers).
 
     Raises:
         DocumentClosed: the document is no longer open.
@@ -59,34 +65,63 @@ async def insert_layers(capture: Capture, layers: Sequence[NewLayer]) -> list[st
     nodes = {id(layer): await _new_layer(document, layer, capture) for layer in layers}
     if find_document(capture.document_id) is None:
         raise DocumentClosed()
+    units = _grouped(document, layers, nodes)
     root = document.rootNode()
     anchor = find_node(root, capture.anchor_id)
-    above = [layer for layer in layers if layer.placement is Placement.ABOVE]
-    below = [layer for layer in layers if layer.placement is Placement.BELOW]
+    above = [unit for unit in units if unit.placement is Placement.ABOVE]
+    below = [unit for unit in units if unit.placement is Placement.BELOW]
     if anchor is None:
         log.warning("layer %r is gone; inserting the results on top", capture.anchor_name)
-        for layer in [*below, *above]:
-            root.addChildNode(nodes[id(layer)], None)
-        return [layer.name for layer in [*below, *above]]
+        for unit in [*below, *above]:
+            root.addChildNode(unit.node, None)
+        return [unit.name for unit in [*below, *above]]
     parent = anchor.parentNode()
     lower = anchor
-    for layer in above:  # bottom to top: each directly above the one before
-        node = nodes[id(layer)]
+    for unit in above:  # bottom to top: each directly above the one before
         with timed("inserting the layer"):
-            parent.addChildNode(node, lower)
-        lower = node
+            parent.addChildNode(unit.node, lower)
+        lower = unit.node
     upper = anchor
-    for layer in reversed(below):  # top to bottom: each directly below the one before
-        node = nodes[id(layer)]
+    for unit in reversed(below):  # top to bottom: each directly below the one before
         beneath = sibling_below(parent, upper)
         with timed("inserting the layer"):
-            parent.addChildNode(node, beneath if beneath is not None else upper)
+            parent.addChildNode(unit.node, beneath if beneath is not None else upper)
         if beneath is None:
-            await lower_layer(document, node)
-        upper = node
+            await lower_layer(document, unit.node)
+        upper = unit.node
     with timed("waiting for Krita after inserting"):
         document.waitForDone()
-    return [layer.name for layer in layers]
+    return [unit.name for unit in units]
+
+
+@dataclass
+class _Unit:
+    """What is inserted as one node: a layer, or a new group holding several."""
+
+    name: str
+    placement: Placement
+    node: Node
+
+
+def _grouped(document: Document, layers: Sequence[NewLayer], nodes: dict[int, Node]) -> list[_Unit]:
+    """The layers as insertion units, in order; the layers of a group go into a new group
+    layer (bottom first), which takes the place of the first of them."""
+    units: list[_Unit] = []
+    groups: dict[str, tuple[Node, Node]] = {}  # name → (group, its top child so far)
+    for layer in layers:
+        node = nodes[id(layer)]
+        if layer.group is None:
+            units.append(_Unit(layer.name, layer.placement, node))
+            continue
+        if layer.group in groups:
+            group, top = groups[layer.group]
+            group.addChildNode(node, top)  # directly above the one before
+        else:
+            group = document.createGroupLayer(layer.group)
+            group.addChildNode(node, None)
+            units.append(_Unit(layer.group, layer.placement, group))
+        groups[layer.group] = (group, node)
+    return units
 
 
 async def lower_layer(document: Document, node: Node) -> bool:

@@ -1,13 +1,15 @@
 """The LayerDiffuse docker: a form bound to `DockerState`.
 
 What a painter needs every time sits at the top and never scrolls: the prompt, what to
-make with the one Generate button (it turns into Cancel while a job runs), the
-connection (a dot and a word; the sentence is its tooltip) and the progress with its
-steps and time left. That is three rows: at Krita's default window size the docker
-shares the right column with three others and gets about 90 px, and anything taller
-would make Krita's window grow. Below it, in a scroll area that never scrolls sideways:
-the last message, the last result (its preview and seed, reusable in one click), the
-tray of the last results (a click inserts one), then
+make with the one Generate button (it turns into Cancel while a job runs; a split's
+layer count sits beside it), the connection (a dot and a word, and a warning sign when
+the backend says LayerDiffuse fails on its model; the sentence is its tooltip) and the
+progress with its steps and time left. That is three rows: at Krita's default window
+size the docker shares the right column with three others and gets about 90 px, and
+anything taller would make Krita's window grow. Below it, in a scroll area that never
+scrolls sideways: the backend's warning about its model with the switch to the matting
+fallback (only while there is one), the last message, the last result (its preview and
+seed, reusable in one click), the tray of the last results (a click inserts one), then
 the generation settings and the connection settings, each in a section that opens on a
 click. Only the settings that change what the chosen method makes on the current model
 family are shown.
@@ -66,12 +68,14 @@ _FAMILY_CHOICES = (
     (protocol.ModelFamily.SD15.value, "SD1.5"),
     (protocol.ModelFamily.SDXL.value, "SDXL"),
     (protocol.ModelFamily.FLUX.value, "FLUX"),
+    (protocol.ModelFamily.QWEN_LAYERED.value, "Qwen-Image-Layered"),
 )
 _MAKE_CHOICES = (
     (Action.TRANSPARENT_LAYER.value, "Transparent layer"),
     (Action.BACKGROUND.value, "Background for layer"),
     (Action.FOREGROUND.value, "Foreground into scene"),
     (Action.TOGETHER.value, "Foreground + background"),
+    (Action.SPLIT_LAYERS.value, "Split into layers"),
 )
 _SDXL_TRANSPARENT_CHOICES = tuple(
     (method.value, "Attention" if method.value.endswith("attn") else "Conv")
@@ -100,9 +104,11 @@ _GENERATION_SETTINGS = (
     "negative_prompt", "family", "speed", "steps", "cfg_scale", "seed", "sampler",
     "sdxl_transparent_model", "weight", "stop_at", "foreground_prompt", "background_prompt",
     "blended_prompt", "second_prompt", "second_negative_prompt", "second_sampler",
-    "second_stop_at", "hires", "hires_strength", "insert_blended", "fit_to_native",
+    "second_stop_at", "hires", "hires_strength", "split_steps", "split_cfg", "insert_blended",
+    "fit_to_native",
 )  # fmt: skip
 _ALWAYS_SHOWN = {"family"}
+_WARNING_COLOUR = "#c87a1a"
 
 
 def docker_class(get_state: Callable[[], DockerState | None]) -> type[DockWidget]:
@@ -182,10 +188,15 @@ class DockerPanel(QWidget):
         row = QHBoxLayout()
         self.method = self._combo("method", _MAKE_CHOICES, top)
         self.method.setToolTip(
-            "What Generate makes. The same four are actions in Tools ▸ Scripts, where "
-            "each can have a shortcut"
+            "What Generate makes. The same are actions in Tools ▸ Scripts, where each can "
+            "have a shortcut"
         )
         row.addWidget(self.method, 1)
+        # How many layers a split makes: beside what to make, the one choice a split has.
+        self.split_layers = self._spin("split_layers", top)
+        self.split_layers.setSuffix(f" {unit('split_layers')}")
+        self.split_layers.setToolTip(tooltip("split_layers"))
+        row.addWidget(self.split_layers)
         self.generate = QPushButton("Generate", top)
         self.generate.setObjectName("generate")
         self.generate.clicked.connect(self._generate_or_cancel)
@@ -214,6 +225,14 @@ class DockerPanel(QWidget):
         layout = QVBoxLayout(below)
         layout.setContentsMargins(0, 0, 0, 0)
 
+        # Why LayerDiffuse will fail on the backend's model, and the switch to the
+        # matting fallback: first below the top, while the backend says so.
+        self.model_warning = self._label("model_warning", below)
+        self.model_warning.setStyleSheet(f"color: {_WARNING_COLOUR}")
+        self.model_warning.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.model_warning)
+        self.matting_fallback = self._check("matting_fallback", below)
+        layout.addWidget(self.matting_fallback)
         self.message = self._label("message", below)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.message)
@@ -271,6 +290,8 @@ class DockerPanel(QWidget):
         hires = [(mode.value, _HIRES_LABELS[mode]) for mode in protocol.Hires]
         self._add_row("hires", self._combo("hires", hires), form)
         self._add_row("hires_strength", self._double("hires_strength", step=5, decimals=0), form)
+        self._add_row("split_steps", self._spin("split_steps"), form)
+        self._add_row("split_cfg", self._double("split_cfg", step=0.5, decimals=1), form)
         self.insert_blended = self._check("insert_blended", settings.content)
         self.fit_to_native = self._check("fit_to_native", settings.content)
         form.add_wide(self.insert_blended)
@@ -344,8 +365,8 @@ class DockerPanel(QWidget):
         self._value_widgets[name] = combo
         return combo
 
-    def _spin(self, name: str) -> QSpinBox:
-        spin = QSpinBox(self)
+    def _spin(self, name: str, parent: QWidget | None = None) -> QSpinBox:
+        spin = QSpinBox(parent or self)
         spin.setObjectName(name)
         low, high = shown_range(name)
         spin.setRange(int(low), int(high))
@@ -429,6 +450,7 @@ class DockerPanel(QWidget):
     def _show_applicable(self) -> None:
         """Only the settings that change what the chosen method makes on this family."""
         applicable = self.state.applicable_settings() | _ALWAYS_SHOWN
+        self.split_layers.setVisible("split_layers" in applicable)
         for name in _GENERATION_SETTINGS:
             label, widget = self._rows[name]
             shown = name in applicable
@@ -441,12 +463,9 @@ class DockerPanel(QWidget):
         if name == "settings":
             self._show_settings()
             self._enable_buttons()  # the method or the family may have changed
+            self._show_connection()  # the family decides whether the warning applies
         elif name == "connection":
-            colour = _STATUS_COLOURS[state.connection]
-            self.connection_status.setText(
-                f'<span style="color:{colour}">●</span> {_escape(state.connection_summary())}'
-            )
-            self.connection_status.setToolTip(state.connection_text)
+            self._show_connection()
             self._enable_buttons()
             self._show_speed()  # the backend's LoRAs
             self._show_applicable()  # "Automatic" follows the backend's family
@@ -468,6 +487,28 @@ class DockerPanel(QWidget):
             self._show_message()
         elif name == "tray":
             self.tray.set_items(state.tray)
+
+    def _show_connection(self) -> None:
+        """The dot and the backend's family; a warning sign after them, and the warning
+        with its switch below, when LayerDiffuse is expected to fail on the model."""
+        state = self.state
+        colour = _STATUS_COLOURS[state.connection]
+        warning = state.model_warning()
+        text = f'<span style="color:{colour}">●</span> {_escape(state.connection_summary())}'
+        tooltip_text = state.connection_text
+        if warning is not None:
+            text += f' <span style="color:{_WARNING_COLOUR}">⚠</span>'
+            tooltip_text += f"\n\n{warning}"
+        self.connection_status.setText(text)
+        self.connection_status.setToolTip(tooltip_text)
+        self.model_warning.setText("" if warning is None else f"⚠ {warning}")
+        self.model_warning.setVisible(warning is not None)
+        self.matting_fallback.setVisible(warning is not None)
+        # What Generate makes says so when it is the fallback's.
+        matted = warning is not None and state.settings.matting_fallback
+        index = self.method.findData(Action.TRANSPARENT_LAYER.value)
+        label = dict(_MAKE_CHOICES)[Action.TRANSPARENT_LAYER.value]
+        self.method.setItemText(index, f"{label} (matted)" if matted else label)
 
     def _show_message(self) -> None:
         """The last message; while there is no connection and no message, why not."""

@@ -67,7 +67,7 @@ def start_demo_server(
         folder: for its cache (XDG_CACHE_HOME) and its log.
         port: 0 picks a free one.
         token: the backend's token, if any.
-        family: the demo models' family, sd15 or sdxl.
+        family: the `--demo` set: sd15, sdxl, flux, qwen_layered or sdxl-illustrious.
         nice: run it at this niceness (its own process group always), so that on a small
             machine Krita's UI thread is measured, not a backend sharing its cores.
     """
@@ -143,6 +143,29 @@ def demo_sdxl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoS
 def demo_flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """A demo backend with the FLUX-shaped models (its one method is flux_transparent)."""
     server = start_demo_server(tmp_path_factory.mktemp("demo-flux-server"), family="flux")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_qwen_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """A demo backend with a tiny random Qwen-Image-Layered (its one method is
+    split_layers; its layers are noise, but as many and as large as asked)."""
+    server = start_demo_server(tmp_path_factory.mktemp("demo-qwen-server"), family="qwen_layered")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_illustrious_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """The SDXL demo set as a single-file checkpoint named as an Illustrious-XL one: its
+    welcome warns that LayerDiffuse fails on it, and it offers sdxl_matted."""
+    folder = tmp_path_factory.mktemp("demo-illustrious-server")
+    server = start_demo_server(folder, family="sdxl-illustrious")
     try:
         yield server
     finally:

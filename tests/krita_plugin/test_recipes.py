@@ -88,18 +88,20 @@ def test_a_method_the_backend_does_not_offer_is_named() -> None:
     recipe_for(Action.BACKGROUND, SD15).check_offered((Method.SD15_FG_TO_BG,))
 
 
-def test_krita_actions_cover_the_three_actions_and_cancel() -> None:
+def test_krita_actions_cover_the_three_actions_the_split_and_cancel() -> None:
     ids = [action_id for action_id, _, _ in KRITA_ACTIONS]
     assert ids == [
         "layerdiffuse_generate_layer",
         "layerdiffuse_generate_background",
         "layerdiffuse_generate_foreground",
+        "layerdiffuse_split_layers",
         "layerdiffuse_cancel",
     ]
     assert [action for _, _, action in KRITA_ACTIONS] == [
         Action.TRANSPARENT_LAYER,
         Action.BACKGROUND,
         Action.FOREGROUND,
+        Action.SPLIT_LAYERS,
         None,
     ]
 

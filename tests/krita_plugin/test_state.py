@@ -260,7 +260,10 @@ def test_a_document_the_canvas_refuses_starts_nothing(demo_server: DemoServer) -
             canvas.problem = None
             state.refresh()
             assert state.message == Message()
-            assert all(refusal is None for refusal in state.refusals.values())
+            # (all but the split, which needs a Qwen-Image-Layered backend)
+            assert [action for action, refusal in state.refusals.items() if refusal] == [
+                Action.SPLIT_LAYERS
+            ]
             assert "refusals" in state.events  # type: ignore[attr-defined]
 
     run(scenario)

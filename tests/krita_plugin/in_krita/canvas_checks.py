@@ -336,6 +336,64 @@ def layers_go_next_to_an_anchor_inside_a_group(results):
 
 
 @check
+def a_split_goes_into_one_new_group_directly_above_its_source(results):
+    """A split's layers, bottom first, in a new group directly above the source layer,
+    each holding its pixels at the region; the source and the rest are untouched. A
+    layer of that group split again gets its own group directly above it, inside."""
+    document = new_document("split")
+    user = add_layer(document, "user", solid(W, H, (10, 20, 30, 255)))
+    add_layer(document, "top", solid(W, H, (1, 2, 3, 40)))
+    before = state_of(document)
+    region = Bounds(8, 4, 16, 12)
+    captured = capture_from(document, user, InputSource.NOTHING)
+    captured = type(captured)(captured.document_id, captured.anchor_id, "user", region)
+    pixels = [solid(16, 12, (i * 60, 100, 200, 100 + i * 50)) for i in range(3)]
+    inserted = insert(
+        captured,
+        [
+            NewLayer(f"Layer {i + 1}/3", Placement.ABOVE, data, group="Split: user")
+            for i, data in enumerate(pixels)
+        ],
+    )
+    root = document.rootNode()
+    order = names(root)
+    group = next(node for node in root.childNodes() if node.name() == "Split: user")
+    children = group.childNodes()
+    placed = [bytes(child.pixelData(8, 4, 16, 12)) for child in children] == pixels
+    kinds = (group.type(), [child.type() for child in children])
+    unchanged = [s for s in state_of(document) if s[0] in ("user", "top", "Background")] == [
+        s for s in before if s[0] in ("user", "top", "Background")
+    ]
+    middle = find_node(root, node_id(children[1]))
+    again = capture_from(document, middle, InputSource.NOTHING)
+    insert(again, [NewLayer("inner", Placement.ABOVE, solid(W, H, (9, 9, 9, 9)), group="Split 2")])
+    group = find_node(root, node_id(group))
+    nested = names(group)
+    inner = [node.name() for node in group.childNodes()[2].childNodes()]
+    document.close()
+    ok = (
+        inserted == ["Split: user"]
+        and order == ["Background", "user", "Split: user", "top"]
+        and names(group)[0] == "Layer 1/3"
+        and kinds == ("grouplayer", ["paintlayer"] * 3)
+        and placed
+        and unchanged
+        and nested == ["Layer 1/3", "Layer 2/3", "Split 2", "Layer 3/3"]
+        and inner == ["inner"]
+    )
+    detail = {
+        "inserted": inserted,
+        "order": order,
+        "kinds": kinds,
+        "pixels": placed,
+        "user layers unchanged": unchanged,
+        "after the second split": nested,
+        "inner": inner,
+    }
+    return ok, detail
+
+
+@check
 def below_the_bottom_layer_without_a_window_stays_directly_above(results):
     """Lowering needs Krita's action on the active view (checked in the GUI test)."""
     document = new_document("bottom")
