@@ -63,15 +63,17 @@ over 24,576 (2–4 GB). Each layer is decoded alone, so the VAE never holds N fr
   `LayeredComponents.offload` (`resident`) keeps every piece in host memory and brings each
   to the card only for its turn; `store.layered_sets` turns it on for a CUDA card under
   70 GB. Not measured on such a card yet.
-- 24 GB (RTX 3090/4090): the transformer cannot stay in bf16. Either store it in fp8
-  (`enable_layerwise_casting(storage_dtype=float8_e4m3fn, compute_dtype=bfloat16)`,
-  20.4 GB: fits at 640² with few layers only, not at 1024²; Comfy-Org ships
-  `qwen_image_layered_fp8mixed.safetensors`, 20.53 GB, for this), quantise it to NF4
-  (bitsandbytes, ~11.5 GB, not a dependency of this backend), or stream bf16 blocks from
-  pinned CPU memory (`enable_group_offload`, ≥ 48 GB of system RAM, about 4 TB moved over
-  PCIe for 50 steps with CFG: minutes per picture). The text encoder runs alone on the
-  card in bf16 (16.6 GB) before the transformer is brought in, or in 8-bit (8.3 GB).
-  Not built: on a 24 GB card loading the transformer fails with CUDA's out-of-memory.
+- 24 GB (RTX 3090/4090): the transformer cannot stay in bf16. Built: `fp8` stores it in
+  fp8 (`enable_layerwise_casting(storage_dtype=float8_e4m3fn, compute_dtype=bfloat16)`:
+  each layer's weights are cast to bf16 only while it runs), 20.45 GB with the model's own
+  keep list (its norms and `proj_out` stay bf16: 19 M parameters), on top of the 48 GB
+  plan's turns: the text encoder alone on the card in bf16 (16.6 GB), then the
+  transformer in fp8 with the VAE: about 22 GB at 640², so 640² with few layers, not
+  1024². `store.layered_sets` turns it on for a CUDA card under 44 GiB. fp8 rounds every
+  weight: the layers change slightly (tests/backend/split/test_small_card.py bounds it on
+  the demo); not yet measured on a real 24 GB card. Not built: NF4 (bitsandbytes, ~11.5 GB,
+  not a dependency of this backend) and streaming bf16 blocks from pinned CPU memory
+  (`enable_group_offload`: about 4 TB over PCIe for 50 steps with CFG, minutes a picture).
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ class LayeredComponents:
         device / dtype: where and in what the models run.
         offload: the models wait in host memory and each goes to `device` only while it
             works (`resident`): the 48 GB plan (peak: the transformer, 40.9 GB in bf16).
+        fp8: the transformer is stored in `FP8_STORAGE` and computes in `dtype` layer by
+            layer: the 24 GB plan (20.45 GB).
     """
 
     transformer: torch.nn.Module
@@ -176,10 +180,13 @@ class LayeredComponents:
     device: torch.device
     dtype: torch.dtype
     offload: bool = False
+    fp8: bool = False
 
 
 OFFLOAD_DEVICE = torch.device("cpu")
 """Where offloaded pieces wait."""
+FP8_STORAGE = torch.float8_e4m3fn
+"""The transformer's storage dtype in the 24 GB plan."""
 
 
 def load_layered_components(
@@ -188,6 +195,7 @@ def load_layered_components(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     offload: bool = False,
+    fp8: bool = False,
 ) -> LayeredComponents:
     """Load a Qwen-Image-Layered diffusers folder (a download or the demo) from disk only.
 
@@ -199,6 +207,8 @@ def load_layered_components(
             `scheduler/` (the release's layout).
         device / dtype: where and in what the models run.
         offload: keep the models in host memory, each on `device` only while it works.
+        fp8: store the transformer in fp8 (cast while still in host memory, so the card
+            never holds it in bf16).
     """
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
@@ -210,6 +220,8 @@ def load_layered_components(
     transformer = QwenImageTransformer2DModel.from_pretrained(
         folder / "transformer", torch_dtype=dtype, local_files_only=True
     )
+    if fp8:  # the model's own keep list: its norms and the output head stay in `dtype`
+        transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE, compute_dtype=dtype)
     vae = AutoencoderKLQwenImage.from_pretrained(
         folder / "vae", torch_dtype=dtype, local_files_only=True
     )
@@ -230,6 +242,7 @@ def load_layered_components(
         device=target,
         dtype=dtype,
         offload=offload,
+        fp8=fp8,
     )
 
 

@@ -10,8 +10,9 @@ Memory: about 58 GB of bf16 weights (`backend/split/layered.py` has the plan per
 size). On a card of at least `WHOLE_SET_BYTES` everything stays on it; on a smaller CUDA
 card the pieces wait in host memory and each goes to the card only while it works
 (`offload`, the 48 GB plan: the transformer alone, 40.9 GB, is the peak, and the host
-needs about 60 GB of RAM). A 24 GB card needs the fp8 or NF4 transformer of the plan,
-which is not built: there the transformer does not fit and loading fails on the card.
+needs about 60 GB of RAM). On a CUDA card under `FP8_BELOW_BYTES` the transformer is also
+stored in fp8 (`fp8`, the 24 GB plan: 20.45 GB, the text encoder alone on the card before
+it), which rounds its weights and changes the layers slightly.
 
 The hub files carry no sha256 in the catalogue yet: diffusers reads the shards with
 safetensors (no code runs), and the repository's own LFS hashes are checked by
@@ -42,6 +43,8 @@ FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "sche
 """The parts of the release a split reads."""
 WHOLE_SET_BYTES = 70 * 1024**3
 """Card memory from which the whole set stays on the card (58 GB of weights, activations)."""
+FP8_BELOW_BYTES = 44 * 1024**3
+"""Card memory under which the bf16 transformer (38.1 GiB) with its activations does not fit."""
 
 
 def wants_offload(device: torch.device, offload: bool | None) -> bool:
@@ -52,6 +55,16 @@ def wants_offload(device: torch.device, offload: bool | None) -> bool:
     if device.type != "cuda":
         return False
     return torch.cuda.get_device_properties(device).total_memory < WHOLE_SET_BYTES
+
+
+def wants_fp8(device: torch.device, fp8: bool | None) -> bool:
+    """`fp8` as asked, or, left to us (None), on for a CUDA card too small for the bf16
+    transformer."""
+    if fp8 is not None:
+        return fp8
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_properties(device).total_memory < FP8_BELOW_BYTES
 
 
 def is_layered_source(source: str | Path) -> bool:
@@ -74,12 +87,14 @@ def open_layered_set(
     dtype: torch.dtype,
     offline: bool | None,
     offload: bool | None = None,
+    fp8: bool | None = None,
 ) -> LayeredModelSet:
     """Qwen-Image-Layered from a diffusers folder or a hub id.
 
     Args:
         offload: keep the pieces in host memory between their turns on the device; None
             decides by the card's memory (`wants_offload`).
+        fp8: store the transformer in fp8; None decides by the card's memory (`wants_fp8`).
 
     Raises:
         ModelNotFound: the folder lacks a part, or the hub id cannot be had (offline and
@@ -95,12 +110,15 @@ def open_layered_set(
         )
     try:
         offloaded = wants_offload(device, offload)
-        components = load_layered_components(folder, device=device, dtype=dtype, offload=offloaded)
+        components = load_layered_components(
+            folder, device=device, dtype=dtype, offload=offloaded, fp8=wants_fp8(device, fp8)
+        )
     except (OSError, ValueError) as error:
         raise ModelNotFound(f"cannot load Qwen-Image-Layered from {source}: {error}") from error
     name = str(source).rstrip("/").rsplit("/", 1)[-1]
     where = f"host memory, each piece on {device} in its turn" if components.offload else device
-    log.info("loaded %s (qwen_layered) in %s as %s", name, where, dtype)
+    stored = f"{dtype}, the transformer stored in fp8" if components.fp8 else dtype
+    log.info("loaded %s (qwen_layered) in %s as %s", name, where, stored)
     return LayeredModelSet(base=LayeredBase(name=name, components=components))
 
 
