@@ -26,7 +26,7 @@ from backend.layerdiffuse import (
     load_transparent_encoder,
 )
 from backend.loras import LoRAHandle, attach_lora
-from backend.split import LayeredComponents
+from backend.split import TRAINED_RESOLUTIONS, LayeredComponents
 from protocol.messages import LoRAInfo
 from protocol.methods import ModelFamily
 
@@ -373,10 +373,13 @@ class LayeredModelSet:
         is_demo: the tiny random demo set.
         offered_loras: none: the family takes no request LoRA.
         warning: none: LayerDiffuse plays no part in a split.
+        resolutions: the sides of the small and the large generation area (the model's
+            trained 640 and 1024; the demo's are smaller, `split.demo.DEMO_RESOLUTIONS`).
     """
 
     base: LayeredBase
     is_demo: bool = False
+    resolutions: tuple[int, int] = TRAINED_RESOLUTIONS
     offered_loras: Mapping[str, LoRAInfo] = field(default_factory=dict)
     warning: str | None = None
 

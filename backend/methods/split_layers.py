@@ -24,21 +24,21 @@ import torch
 from protocol import LayerRole
 
 from ..errors import InvalidRequest
-from ..split import TRAINED_RESOLUTIONS, split_into_layers
+from ..split import split_into_layers
 from ..split.layered import generation_size, unpack_frames
 from .denoise import StepCallback, no_progress
 from .masking import multiply_alpha, selection
 from .request import GenerationRequest, GenerationResult
 from .sizing import fit_rgba
 
-_SMALL, _LARGE = TRAINED_RESOLUTIONS
 
-
-def resolution_for(request: GenerationRequest) -> int:
-    """The side of the area the split runs at: 1024 for a request of 1024² or more
-    (unless `fit_to_native`), else 640."""
-    large = request.width * request.height >= _LARGE * _LARGE
-    return _LARGE if large and not request.fit_to_native else _SMALL
+def resolution_for(request: GenerationRequest, resolutions: tuple[int, int]) -> int:
+    """The side of the area the split runs at, of the set's `(small, large)` (640 and 1024
+    for the release): the large for a request at least as large (unless
+    `fit_to_native`), else the small."""
+    small, large = resolutions
+    is_large = request.width * request.height >= large * large
+    return large if is_large and not request.fit_to_native else small
 
 
 def run(
@@ -61,7 +61,7 @@ def run(
     if not picture[..., 3].any():
         raise InvalidRequest("inputs.layer", "the picture to split has nothing visible")
     components = models.base.components
-    resolution = resolution_for(request)
+    resolution = resolution_for(request, models.resolutions)
     size = generation_size(request.width, request.height, resolution)
     count = request.image_count
     images: list[dict[LayerRole, np.ndarray]] = []

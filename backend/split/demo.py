@@ -11,7 +11,7 @@ their count, size, alpha channel and plumbing are real.
   in 2×2 patches), 2 blocks of 2 heads of 16 (rope axes 4 + 6 + 6);
 - VAE: `AutoencoderKLQwenImage` with 4 input channels (RGBA), 16 latent channels, the real
   down/up layout (`dim_mult` 1, 2, 4, 4, 2 res blocks, temporal flags: the release's
-  key names) at base width 8 and
+  key names) at base width 4 and
   Qwen-Image's `latents_mean` / `latents_std` (the class defaults);
 - text encoder: `Qwen2_5_VLForConditionalGeneration` with a 2-layer, 32-wide language model
   and a 2-block vision tower of the real patch layout (14-pixel patches, 2×2 merge,
@@ -22,6 +22,10 @@ their count, size, alpha channel and plumbing are real.
   151,643-token vocabulary, which needs the hub;
 - processor: Qwen2-VL's image processor, with at most 16 merged patches a picture;
 - scheduler: the Qwen-Image family's `scheduler_config.json` values.
+
+The demo set splits at `DEMO_RESOLUTIONS` (256² and 512² areas) instead of the release's
+640² and 1024²: the layers are noise at any size, and on a CPU its VAE costs seconds per
+layer at 640² (most of a split), a sixth of that at 256².
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ _TEMPLATE_WORDS = (
     " and",
     " background",
 )
+DEMO_RESOLUTIONS = (256, 512)
+"""The demo set's small and large generation areas (`LayeredModelSet.resolutions`)."""
 _TEXT_WIDTH = 32
 _TRANSFORMER: dict[str, Any] = {
     "patch_size": 2,
@@ -113,7 +119,7 @@ _TRANSFORMER: dict[str, Any] = {
     "use_layer3d_rope": True,
 }
 _VAE: dict[str, Any] = {
-    "base_dim": 8,
+    "base_dim": 4,
     "z_dim": 16,
     "dim_mult": [1, 2, 4, 4],
     "num_res_blocks": 2,

@@ -30,14 +30,14 @@ import torch
 from backend.errors import ModelNotFound
 from backend.model_set import LayeredBase, LayeredModelSet
 from backend.split import QWEN_LAYERED_REPO, load_layered_components
-from backend.split.demo import build_layered_demo
+from backend.split.demo import DEMO_RESOLUTIONS, build_layered_demo
 from backend.store.download import default_cache_dir
 from backend.store.hub_errors import describe_hub_error, is_hub_error, resolve_offline
 
 log = logging.getLogger(__name__)
 
 LAYERED_PIPELINE = "QwenImageLayeredPipeline"
-LAYERED_DEMO_VERSION = 1
+LAYERED_DEMO_VERSION = 2
 LAYERED_DEMO_NAME = "demo-qwen-image-layered (tiny random weights: layers are noise)"
 FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
 """The parts of the release a split reads."""
@@ -130,6 +130,7 @@ def open_layered_demo_set(
     models = open_layered_set(build_layered_demo(root), device=device, dtype=dtype, offline=True)
     models.base.name = LAYERED_DEMO_NAME
     models.is_demo = True
+    models.resolutions = DEMO_RESOLUTIONS
     return models
 
 

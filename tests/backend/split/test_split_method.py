@@ -14,6 +14,9 @@ from backend.errors import InvalidRequest
 from backend.methods.registry import check_request, run_method
 from backend.methods.request import GenerationRequest
 from backend.methods.split_layers import resolution_for
+from backend.model_set import LayeredModelSet
+from backend.split import TRAINED_RESOLUTIONS
+from backend.split.demo import DEMO_RESOLUTIONS
 from protocol import LayerRole, Method, ModelFamily
 
 LAYER, MASK = LayerRole.LAYER, LayerRole.MASK
@@ -59,7 +62,8 @@ def test_a_split_returns_its_layers_as_one_stack_bottom_first(demo_layered_model
     assert result.seeds == [12345]
     assert steps == [(1, 2), (2, 2)]
     width, height = result.generation_size
-    assert width % 32 == 0 and height % 32 == 0 and abs(width * height - 640 * 640) < 640 * 64
+    small = demo_layered_models.resolutions[0]
+    assert width % 32 == 0 and height % 32 == 0 and abs(width * height - small * small) < small * 64
 
 
 def test_the_same_seed_splits_the_same_and_batches_count_on(demo_layered_models) -> None:
@@ -100,7 +104,21 @@ def test_refusals_name_the_field(demo_layered_models, demo_models) -> None:
 
 
 def test_the_area_is_640_unless_the_request_is_as_large_as_1024(demo_layered_models) -> None:
-    assert resolution_for(split(demo_layered_models, width=1000, height=1000)) == 640
-    assert resolution_for(split(demo_layered_models, width=1024, height=1024)) == 1024
+    release = LayeredModelSet(base=demo_layered_models.base).resolutions
+    assert release == TRAINED_RESOLUTIONS == (640, 1024)
+    assert resolution_for(split(demo_layered_models, width=1000, height=1000), release) == 640
+    assert resolution_for(split(demo_layered_models, width=1024, height=1024), release) == 1024
     large = split(demo_layered_models, width=2048, height=1024, fit_to_native=True)
-    assert resolution_for(large) == 640
+    assert resolution_for(large, release) == 640
+
+
+def test_the_demo_splits_at_its_own_smaller_areas(demo_layered_models) -> None:
+    assert demo_layered_models.resolutions == DEMO_RESOLUTIONS == (256, 512)
+    result = run_method(
+        split(
+            demo_layered_models, width=512, height=512, inputs={LAYER: picture(512, 512)}, layers=1
+        ),
+        demo_layered_models,
+    )
+    assert result.generation_size == (512, 512)  # the large area: the request is 512²
+    assert result.images[0][LAYER].shape == (1, 512, 512, 4)
