@@ -21,6 +21,7 @@ import importlib.util
 
 __all__ = [
     "QT_MAJOR",
+    "QAbstractItemView",
     "QAction",
     "QCheckBox",
     "QColor",
@@ -37,6 +38,8 @@ __all__ = [
     "QLineEdit",
     "QListWidget",
     "QListWidgetItem",
+    "QMimeData",
+    "QModelIndex",
     "QPainter",
     "QPixmap",
     "QPlainTextEdit",
@@ -84,6 +87,8 @@ QT_MAJOR = qt_major_version()
 if QT_MAJOR == 6:
     from PyQt6.QtCore import (
         QCoreApplication,
+        QMimeData,
+        QModelIndex,
         QPoint,
         QSize,
         QStandardPaths,
@@ -93,6 +98,7 @@ if QT_MAJOR == 6:
     )
     from PyQt6.QtGui import QAction, QColor, QIcon, QImage, QPainter, QPixmap
     from PyQt6.QtWidgets import (
+        QAbstractItemView,
         QCheckBox,
         QComboBox,
         QDockWidget,
@@ -117,6 +123,8 @@ if QT_MAJOR == 6:
 else:
     from PyQt5.QtCore import (
         QCoreApplication,
+        QMimeData,
+        QModelIndex,
         QPoint,
         QSize,
         QStandardPaths,
@@ -126,6 +134,7 @@ else:
     )
     from PyQt5.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
     from PyQt5.QtWidgets import (
+        QAbstractItemView,
         QAction,
         QCheckBox,
         QComboBox,

@@ -232,7 +232,7 @@ GROUPS = {
     "background": "generate_background in a selection inserts one layer below the active one",
     "foreground": "generate_foreground inserts one layer above; hidden layers come back",
     "together": "the docker's together method inserts background then foreground above",
-    "bottom": "a background for the bottom-most layer goes below it",
+    "bottom": "a background for the bottom-most layer goes below it, in one undo step",
     "cancel": "a cancelled job inserts nothing",
     "gray": "on a document that is not 8-bit RGBA the actions and Generate are off, saying why",
     "screenshot": "the docker's screenshot is saved",

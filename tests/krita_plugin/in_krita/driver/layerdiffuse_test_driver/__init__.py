@@ -840,13 +840,23 @@ def scenario_sd15(run):
         run.check("screenshot_saved", os.path.isfile(SCREENSHOT), SCREENSHOT)
     method.setCurrentIndex(method.findData("transparent_layer"))
 
-    # 5. A background for the bottom-most layer goes below it (lowered with Krita's action).
+    # 5. A background for the bottom-most layer goes below it, in one undo step (dropped
+    # below the Layers docker's last row); Undo removes it, Redo brings it back there.
+    before_bottom = names(document)
     new = yield from generate(
         "layerdiffuse_generate_background", 1, by_name(document, "Background"), "bottom"
     )
     order = names(document)
     run.check("bottom:below_bottom_layer", order[:2] == [new[0].name(), "Background"], order)
     run.check("bottom:users_unchanged", users_unchanged(), "")
+    bottom_id = uid(new[0])
+    app.action("edit_undo").trigger()
+    yield Wait("undo", lambda: bottom_id not in ids(document), 10.0)
+    run.check("bottom:one_undo_step", names(document) == before_bottom, names(document))
+    run.check("bottom:undo_users_unchanged", users_unchanged(), "")
+    app.action("edit_redo").trigger()
+    yield Wait("redo", lambda: bottom_id in ids(document), 10.0)
+    run.check("bottom:redo_restores_below", names(document) == order, names(document))
 
     # 5b. A random seed is shown after the job and reused in one click.
     yield from seed_reuse(scene)
