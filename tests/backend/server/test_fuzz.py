@@ -49,13 +49,22 @@ def live_server(demo_models: ModelSet) -> Iterator[str]:
     loop.close()
 
 
+DRAIN_JOB = "fuzz-drain-0123456789abcdef"  # longer than any fuzzed text: none names it
+
+
 def _drain(websocket: ClientConnection) -> list[str | bytes]:
+    """The replies to everything sent so far: a cancel of a job that does not exist is
+    sent last, and the server answers one connection's messages in order, so its
+    unknown-job error comes after them (no idle wait)."""
+    websocket.send(json.dumps({"type": "cancel", "job": DRAIN_JOB}))
     frames = []
     while True:
-        try:
-            frames.append(websocket.recv(timeout=0.3))
-        except TimeoutError:
-            return frames
+        frame = websocket.recv(timeout=10)
+        if isinstance(frame, str):
+            reply = json.loads(frame)
+            if reply.get("code") == ErrorCode.UNKNOWN_JOB.value and reply.get("job") == DRAIN_JOB:
+                return frames
+        frames.append(frame)
 
 
 def _still_serves(websocket: ClientConnection) -> None:
