@@ -72,6 +72,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def recorded_sha256(path: Path, state_dir: Path | None = None) -> str:
+    """A file's sha256 from the record of verified files, or hashed now and recorded.
+
+    Args:
+        path: The file.
+        state_dir: Where the record is kept; None uses `default_cache_dir()`.
+    """
+    record = _VerifiedRecord((state_dir or default_cache_dir()) / _RECORD_FILENAME)
+    actual = record.lookup(path)
+    if actual is None:
+        log.info("checking the sha256 of %s", path)
+        actual = sha256_of(path)
+        record.remember(path, actual)
+    return actual
+
+
 class VerifyStatus(str, Enum):
     """The outcome of checking one file."""
 

@@ -14,24 +14,26 @@ needs about 60 GB of RAM). On a CUDA card under `FP8_BELOW_BYTES` the transforme
 stored in fp8 (`fp8`, the 24 GB plan: 20.45 GB, the text encoder alone on the card before
 it), which rounds its weights and changes the layers slightly.
 
-The hub files carry no sha256 in the catalogue yet: diffusers reads the shards with
-safetensors (no code runs), and the repository's own LFS hashes are checked by
-huggingface_hub on download.
+The hub files carry no pinned sha256 in the catalogue yet (none could be read without
+the hub). A download is checked all the same (`check_hub_snapshot`): the hub cache
+stores each large file under its LFS sha256, and every shard is hashed once against
+that name before it is loaded. diffusers reads the shards with safetensors: no code runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
 
-from backend.errors import ModelNotFound
+from backend.errors import ModelHashMismatch, ModelNotFound
 from backend.model_set import LayeredBase, LayeredModelSet
 from backend.split import QWEN_LAYERED_REPO, load_layered_components
 from backend.split.demo import DEMO_RESOLUTIONS, build_layered_demo
-from backend.store.download import default_cache_dir
+from backend.store.download import default_cache_dir, recorded_sha256
 from backend.store.hub_errors import describe_hub_error, is_hub_error, resolve_offline
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def open_layered_set(
     folder = Path(source)
     if not folder.is_dir():
         folder = _download(str(source), resolve_offline(offline))
+        check_hub_snapshot(folder)
     missing = [name for name in FOLDERS if not (folder / name).is_dir()]
     if missing:
         raise ModelNotFound(
@@ -132,6 +135,40 @@ def open_layered_demo_set(
     models.is_demo = True
     models.resolutions = DEMO_RESOLUTIONS
     return models
+
+
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def check_hub_snapshot(snapshot: Path, state_dir: Path | None = None) -> int:
+    """Check every large file of a hub snapshot against the sha256 the hub stored it by.
+
+    In the Hugging Face cache a snapshot's files link to `blobs/<etag>`, and a file kept
+    in LFS (every weight shard) has its content's sha256 as etag: the oid of the
+    repository's LFS pointer. A damaged or cut-short shard is found before it loads.
+    Each blob is hashed once (the store's record of verified files); small git files
+    (40-hex etags) and copies that are not links are left as they are.
+
+    Returns:
+        How many files were checked.
+
+    Raises:
+        ModelHashMismatch: a file's content is not the one the hub named.
+    """
+    checked = 0
+    for path in sorted(snapshot.rglob("*")):
+        blob = path.resolve()
+        if not path.is_symlink() or not blob.is_file() or not _SHA256_NAME.fullmatch(blob.name):
+            continue
+        actual = recorded_sha256(blob, state_dir)
+        if actual != blob.name:
+            raise ModelHashMismatch(
+                f"sha256 of {path} (stored at {blob}) is {actual}, but the hub named it "
+                f"{blob.name}: the download is damaged; delete that blob and load "
+                f"{QWEN_LAYERED_REPO} again to fetch it anew"
+            )
+        checked += 1
+    return checked
 
 
 def _download(repo_id: str, offline: bool) -> Path:
