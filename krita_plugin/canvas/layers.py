@@ -224,12 +224,14 @@ def _drop_at_bottom(
     if node_id(children[0]) != node_id(node):
         log.warning("Krita put the dropped %r above the bottom layer", layer.name)
     node.setName(layer.name)
+    position = node.position()
+    moved = (position.x(), position.y()) != (region.x, region.y)
+    if moved:
+        node.move(region.x, region.y)
     if not layer.visible:
         node.setVisible(False)
-    position = node.position()
-    if (position.x(), position.y()) != (region.x, region.y):
-        node.move(region.x, region.y)
-        document.refreshProjection()  # moving a layer's offset recomposites nothing
+    if moved or not layer.visible:
+        document.refreshProjection()  # neither property recomposites by itself
     return node
 
 

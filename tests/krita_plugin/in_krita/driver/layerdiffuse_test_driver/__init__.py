@@ -840,14 +840,24 @@ def scenario_sd15(run):
         run.check("screenshot_saved", os.path.isfile(SCREENSHOT), SCREENSHOT)
     method.setCurrentIndex(method.findData("transparent_layer"))
 
-    # 5. A background for the bottom-most layer goes below it, in one undo step (dropped
-    # below the Layers docker's last row); Undo removes it, Redo brings it back there.
+    # 5. A background for the bottom-most layer, in a selection, goes below it in one undo
+    # step (dropped below the Layers docker's last row, then moved to the selection);
+    # Undo removes it, Redo brings it back there.
     before_bottom = names(document)
+    selection = Selection()
+    selection.select(*SELECTION, 255)
+    document.setSelection(selection)
     new = yield from generate(
         "layerdiffuse_generate_background", 1, by_name(document, "Background"), "bottom"
     )
     order = names(document)
     run.check("bottom:below_bottom_layer", order[:2] == [new[0].name(), "Background"], order)
+    run.check(
+        "bottom:in_the_selection",
+        is_opaque_in(new[0], document, SELECTION),
+        alpha_box(new[0], document),
+    )
+    check_layer("bottom", new[0], SELECTION)
     run.check("bottom:users_unchanged", users_unchanged(), "")
     bottom_id = uid(new[0])
     app.action("edit_undo").trigger()
@@ -857,6 +867,7 @@ def scenario_sd15(run):
     app.action("edit_redo").trigger()
     yield Wait("redo", lambda: bottom_id in ids(document), 10.0)
     run.check("bottom:redo_restores_below", names(document) == order, names(document))
+    yield from scene.deselect()  # an undo step of its own: after the undo checks
 
     # 5b. A random seed is shown after the job and reused in one click.
     yield from seed_reuse(scene)
