@@ -79,13 +79,7 @@ def recorded_sha256(path: Path, state_dir: Path | None = None) -> str:
         path: The file.
         state_dir: Where the record is kept; None uses `default_cache_dir()`.
     """
-    record = _VerifiedRecord((state_dir or default_cache_dir()) / _RECORD_FILENAME)
-    actual = record.lookup(path)
-    if actual is None:
-        log.info("checking the sha256 of %s", path)
-        actual = sha256_of(path)
-        record.remember(path, actual)
-    return actual
+    return _VerifiedRecord((state_dir or default_cache_dir()) / _RECORD_FILENAME).sha256(path)
 
 
 class VerifyStatus(str, Enum):
@@ -149,6 +143,15 @@ class _VerifiedRecord:
             return None
         sha256 = entry.get("sha256")
         return sha256 if isinstance(sha256, str) else None
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256 as recorded, or hashed now and recorded."""
+        actual = self.lookup(path)
+        if actual is None:
+            log.info("checking the sha256 of %s", path)
+            actual = sha256_of(path)
+            self.remember(path, actual)
+        return actual
 
     def remember(self, path: Path, sha256: str) -> None:
         stat = path.stat()
@@ -409,11 +412,7 @@ class ModelStore:
         if entry.sha256 is None:
             log.warning("no sha256 known for %s; using %s unchecked", entry.name, path)
             return
-        actual = self._record.lookup(path)
-        if actual is None:
-            log.info("checking the sha256 of %s", path)
-            actual = sha256_of(path)
-            self._record.remember(path, actual)
+        actual = self._record.sha256(path)
         if actual != entry.sha256:
             stored = path.resolve()
             where = f"{path} (stored at {stored})" if stored != path.absolute() else f"{path}"
