@@ -148,10 +148,8 @@ async def lower_layer(document: Document, node: Node) -> bool:
         Whether it moved (False when the document is not the active one or the layer
         did not become active in time).
     """
-    app = Krita.instance()
-    active = app.activeDocument()
-    action = app.action("move_layer_down")
-    if active is None or document_id(active) != document_id(document) or action is None:
+    action = Krita.instance().action("move_layer_down")
+    if not _is_active(document) or action is None:
         log.warning("could not lower %r: its document is not the active one", node.name())
         return False
     document.setActiveNode(node)
@@ -185,9 +183,8 @@ def _drop_at_bottom(
     Returns:
         The new layer, or None when nothing was inserted (the caller lowers instead).
     """
-    app = Krita.instance()
-    active, window = app.activeDocument(), app.activeWindow()
-    if active is None or window is None or document_id(active) != document_id(document):
+    window = Krita.instance().activeWindow()
+    if window is None or not _is_active(document):
         return None
     if document.colorProfile() != DROPPED_PICTURE_PROFILE:
         log.info(
@@ -233,6 +230,13 @@ def _drop_at_bottom(
     if moved or not layer.visible:
         document.refreshProjection()  # neither property recomposites by itself
     return node
+
+
+def _is_active(document: Document) -> bool:
+    """Whether `document` is the one the active view shows (Krita's actions and the
+    Layers docker work on that one)."""
+    active = Krita.instance().activeDocument()
+    return active is not None and document_id(active) == document_id(document)
 
 
 def _layers_model(window: Any) -> Any:
